@@ -1,0 +1,1 @@
+"""dlaas cache router service."""

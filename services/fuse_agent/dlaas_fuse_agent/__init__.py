@@ -1,0 +1,1 @@
+"""dlaas fuse agent service."""

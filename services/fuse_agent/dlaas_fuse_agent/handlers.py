@@ -1,0 +1,88 @@
+"""The fuse agent's handlers: show ready files in the user's view once readable."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from dlaas.bus.connection import Bus
+from dlaas.bus.consumer import Delivery
+from dlaas.contracts import FileFailed, FileReady, FileVisible
+from dlaas.errors import PermanentError, TransientError
+
+from dlaas_fuse_agent import domain
+from dlaas_fuse_agent.settings import FuseOptions
+
+log = structlog.get_logger(__name__)
+
+
+def _readable(path: Path) -> None:
+    with path.open("rb") as handle:
+        handle.read(1)
+
+
+def _link(view: Path, target: Path) -> None:
+    """Point ``view`` at ``target`` atomically (a repeat leaves the same link)."""
+    view.parent.mkdir(parents=True, exist_ok=True)
+    temporary = view.with_name(f".{view.name}.dlaas-tmp")
+    temporary.unlink(missing_ok=True)
+    temporary.symlink_to(target)
+    temporary.replace(view)
+
+
+@dataclass(frozen=True)
+class FuseAgent:
+    """Handlers with their dependencies."""
+
+    bus: Bus
+    options: FuseOptions
+
+    async def on_file_ready(self, event: FileReady, delivery: Delivery) -> None:
+        """Check the file is readable through the mount, link it into the user's view."""
+        with structlog.contextvars.bound_contextvars(
+            request_id=str(event.request_id), user=event.user, did=event.did
+        ):
+            try:
+                view, target = await self._show(event, delivery)
+            except PermanentError as exc:
+                await self._fail(event, str(exc), delivery)
+                return
+            visible = FileVisible(
+                **event.model_dump(exclude={"event_id", "occurred_at"}),
+                path=str(view),
+                mount_path=str(target),
+            )
+            await self.bus.publish(visible, correlation_id=delivery.correlation_id)
+            log.info("file_visible", path=str(view), mount=str(target))
+
+    async def _show(self, event: FileReady, delivery: Delivery) -> tuple[Path, Path]:
+        mount = next((m for m in self.options.mounts if m.rse == event.rse), None)
+        if mount is None:
+            raise PermanentError(f"no mount of RSE {event.rse} on this node")
+        target = domain.mount_path(event.pfn, mount.mount_path, mount.path_begins_at)
+        view = domain.view_path(self.options.views_root, event.user, event.did)
+        try:
+            await asyncio.wait_for(
+                asyncio.to_thread(_readable, target), self.options.check_timeout_s
+            )
+        except (OSError, TimeoutError) as exc:
+            if delivery.last_attempt:
+                raise PermanentError(
+                    f"not readable through the mount at {target}: {exc}"
+                ) from exc
+            raise TransientError(f"not readable yet at {target}: {exc}") from exc
+        await asyncio.to_thread(_link, view, target)
+        return view, target
+
+    async def _fail(self, event: FileReady, reason: str, delivery: Delivery) -> None:
+        log.error("file_not_shown", reason=reason)
+        failed = FileFailed(
+            request_id=event.request_id,
+            user=event.user,
+            did=event.did,
+            reason=reason,
+            stage="mount",
+        )
+        await self.bus.publish(failed, correlation_id=delivery.correlation_id)

@@ -1,0 +1,1 @@
+"""dlaas stager service."""

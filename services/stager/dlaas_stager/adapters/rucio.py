@@ -1,0 +1,223 @@
+"""The Catalog port over rucio-clients (a sync ``requests`` client, called in threads)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio.to_thread
+import requests
+import structlog
+from dlaas.bus.metrics import EXTERNAL_CALLS
+from dlaas.errors import PermanentError, TransientError
+
+from dlaas_stager.ports import FileInfo, Replica, RuleSpec
+from dlaas_stager.settings import RucioSettings
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+# Rucio exceptions that retrying cannot fix, by class name (rucio.common.exception).
+_PERMANENT = frozenset(
+    {
+        "DataIdentifierNotFound",
+        "RSENotFound",
+        "AccessDenied",
+        "InvalidRSEExpression",
+        "InsufficientAccountLimit",
+        "InsufficientTargetRSEs",
+        "InvalidObject",
+        "InvalidType",
+        "InvalidValueForKey",
+        "ScopeNotFound",
+        "AccountNotFound",
+        "UnsupportedOperation",
+        "RuleNotFound",
+        "CannotAuthenticate",
+        "InvalidRuleWeight",
+        "StagingAreaRuleRequiresLifetime",
+        "ReplicationRuleCreationTemporaryFailed",
+    }
+)
+
+
+def _private_config(settings: RucioSettings) -> Path:
+    """A private rucio.cfg: the client reads some keys only from a file; keep its token private."""
+    folder = Path(tempfile.mkdtemp(prefix="dlaas-rucio-"))
+    path = folder / "rucio.cfg"
+    path.write_text(
+        "[client]\n"
+        f"rucio_host = {settings.host}\n"
+        f"auth_host = {settings.auth_host or settings.host}\n"
+        f"auth_type = {settings.auth_type}\n"
+        f"account = {settings.account}\n"
+        f"auth_token_file_path = {folder}/token\n"
+        "request_retries = 1\n"
+    )
+    path.chmod(0o600)
+    return path
+
+
+class _DuplicateRuleError(Exception):
+    """Rucio already has this rule: reuse it, not an error."""
+
+
+def _classify(call: str, exc: Exception) -> Exception:
+    name = type(exc).__name__
+    EXTERNAL_CALLS.labels("rucio", call, name).inc()
+    if name == "DuplicateRule":
+        return _DuplicateRuleError(str(exc))
+    if name in _PERMANENT:
+        return PermanentError(f"Rucio {call}: {name}: {exc}")
+    return TransientError(f"Rucio {call}: {name}: {exc}")
+
+
+class RucioCatalog:
+    """Rucio through the service's own identity; every failure classified."""
+
+    def __init__(self, settings: RucioSettings) -> None:
+        self.settings = settings
+        self._client: Any = None
+        self.calls = 0
+
+    def _make_client(self) -> Any:
+        os.environ.setdefault("RUCIO_CONFIG", str(_private_config(self.settings)))
+        from rucio.client import Client  # noqa: PLC0415  (reads RUCIO_CONFIG at import)
+
+        creds: dict[str, str] = {}
+        if self.settings.auth_type == "userpass":
+            password = self.settings.password
+            creds = {
+                "username": self.settings.username or "",
+                "password": password.get_secret_value() if password else "",
+            }
+        elif self.settings.auth_type == "x509":
+            creds = {
+                "client_cert": self.settings.client_cert or "",
+                "client_key": self.settings.client_key or "",
+            }
+        return Client(
+            rucio_host=self.settings.host,
+            auth_host=self.settings.auth_host or self.settings.host,
+            account=self.settings.account,
+            ca_cert=self.settings.ca_cert,
+            auth_type=self.settings.auth_type,
+            creds=creds,
+            timeout=int(self.settings.timeout_s),
+            vo=self.settings.vo,
+        )
+
+    async def _call(self, call: str, fn: Callable[[Any], T]) -> T:
+        def run() -> T:
+            if self._client is None:
+                self._client = self._make_client()
+            return fn(self._client)
+
+        self.calls += 1
+        try:
+            result = await anyio.to_thread.run_sync(run)
+        except (requests.RequestException, OSError) as exc:
+            raise _classify(call, exc) from exc
+        except (
+            Exception
+        ) as exc:  # rucio raises RucioException subclasses; classify by name
+            if type(exc).__module__.startswith("rucio"):
+                raise _classify(call, exc) from exc
+            raise
+        EXTERNAL_CALLS.labels("rucio", call, "ok").inc()
+        return result
+
+    async def list_files(self, dids: Sequence[str]) -> dict[str, list[FileInfo]]:
+        """Files of each DID; one call per DID (a file resolves to itself)."""
+        result: dict[str, list[FileInfo]] = {}
+        for did in dids:
+            scope, _, name = did.partition(":")
+            rows = await self._call("list_files", _list_files(scope, name))
+            result[did] = [_file_info(r) for r in rows]
+        return result
+
+    async def add_rules(self, spec: RuleSpec) -> list[str]:
+        """One bulk call; on DuplicateRule, create or find each DID's rule one by one."""
+        try:
+            return await self._create(spec.dids, spec)
+        except _DuplicateRuleError:
+            pass
+        ids: list[str] = []
+        for did in spec.dids:
+            try:
+                ids += await self._create([did], spec)
+            except _DuplicateRuleError:
+                ids.append(await self._existing_rule(did, spec))
+        return ids
+
+    async def _create(self, dids: Sequence[str], spec: RuleSpec) -> list[str]:
+        rows = [_did_dict(d) for d in dids]
+        result: list[str] = await self._call(
+            "add_replication_rule",
+            lambda c: c.add_replication_rule(
+                dids=rows,
+                copies=1,
+                rse_expression=spec.rse,
+                lifetime=spec.lifetime_s,
+                grouping=spec.grouping,
+                notify="Y",  # without it Rucio never says rule_ok
+                activity=spec.activity,
+                account=spec.account,
+            ),
+        )
+        return list(result)
+
+    async def _existing_rule(self, did: str, spec: RuleSpec) -> str:
+        scope, _, name = did.partition(":")
+        rules = await self._call(
+            "list_did_rules", lambda c: list(c.list_did_rules(scope, name))
+        )
+        for rule in rules:
+            if rule["account"] == spec.account and rule["rse_expression"] == spec.rse:
+                log.info("rule_reused", did=did, rule_id=rule["id"], rse=spec.rse)
+                return str(rule["id"])
+        raise TransientError(f"DuplicateRule for {did} but no matching rule found yet")
+
+    async def replicas_at(self, dids: Sequence[str], rse: str) -> dict[str, Replica]:
+        """AVAILABLE replicas at ``rse`` of the files of ``dids`` (one bulk call)."""
+        wanted = [_did_dict(d) for d in dids]
+        rows: Iterable[dict[str, Any]] = await self._call(
+            "list_replicas",
+            lambda c: list(
+                # sort="random": no sort makes the server try GeoIP for every replica
+                c.list_replicas(
+                    wanted, schemes=["root"], rse_expression=rse, sort="random"
+                )
+            ),
+        )
+        replicas = (_replica(row, rse) for row in rows)
+        return {r.did: r for r in replicas}
+
+
+def _list_files(scope: str, name: str) -> Callable[[Any], list[dict[str, Any]]]:
+    return lambda client: list(client.list_files(scope, name))
+
+
+def _file_info(row: dict[str, Any]) -> FileInfo:
+    return FileInfo(
+        f"{row['scope']}:{row['name']}", int(row.get("bytes") or 0), row.get("adler32")
+    )
+
+
+def _replica(row: dict[str, Any], rse: str) -> Replica:
+    pfns = (row.get("rses") or {}).get(rse) or []
+    return Replica(
+        did=f"{row['scope']}:{row['name']}",
+        state=(row.get("states") or {}).get(rse) or "MISSING",
+        pfn=pfns[0] if pfns else None,
+        bytes=int(row.get("bytes") or 0),
+        adler32=row.get("adler32"),
+    )
+
+
+def _did_dict(did: str) -> dict[str, str]:
+    scope, _, name = did.partition(":")
+    return {"scope": scope, "name": name}

@@ -1,0 +1,43 @@
+"""The stager's decisions, as pure functions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from dlaas.contracts import RuleRequested
+from dlaas.errors import PermanentError
+
+from dlaas_stager.ports import FileInfo
+from dlaas_stager.settings import StagerOptions
+
+DAY_S = 86_400
+
+
+def check_user(event: RuleRequested, validated_user: str | None) -> None:
+    """The requesting user is the broker-validated publisher, never a field anyone can write."""
+    if validated_user is None:
+        raise PermanentError("stage request without a broker-validated user_id: refused")
+    if validated_user != event.user:
+        raise PermanentError(
+            f"stage request for user {event.user!r} published by {validated_user!r}: refused"
+        )
+
+
+def account_for(user: str, accounts: Mapping[str, str]) -> str:
+    """The Rucio account a broker user acts as (its own name unless mapped)."""
+    return accounts.get(user, user)
+
+
+def lifetime_seconds(requested_days: float | None, options: StagerOptions) -> int:
+    """The rule lifetime: the default when absent, capped at the configured maximum."""
+    days = options.default_lifetime_days if requested_days is None else requested_days
+    return int(min(days, options.max_lifetime_days) * DAY_S)
+
+
+def unique_files(files_by_did: Mapping[str, Iterable[FileInfo]]) -> list[FileInfo]:
+    """Every file once, whichever DIDs of the request contain it, in first-seen order."""
+    seen: dict[str, FileInfo] = {}
+    for files in files_by_did.values():
+        for info in files:
+            seen.setdefault(info.did, info)
+    return list(seen.values())

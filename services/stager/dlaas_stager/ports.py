@@ -1,0 +1,60 @@
+"""What the stager needs from the outside, in domain terms."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """A file a request resolves to."""
+
+    did: str
+    bytes: int
+    adler32: str | None
+
+
+@dataclass(frozen=True)
+class Replica:
+    """A file's replica at one RSE."""
+
+    did: str
+    state: str  # Rucio replica state: AVAILABLE, COPYING, UNAVAILABLE, ...
+    pfn: str | None
+    bytes: int
+    adler32: str | None
+
+    @property
+    def available(self) -> bool:
+        """Readable at the RSE now."""
+        return self.state == "AVAILABLE" and self.pfn is not None
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """A replication rule the stager asks Rucio for."""
+
+    dids: Sequence[str]
+    rse: str
+    account: str
+    lifetime_s: int
+    activity: str
+    grouping: str
+
+
+class Catalog(Protocol):
+    """Rucio, as the stager uses it."""
+
+    async def list_files(self, dids: Sequence[str]) -> dict[str, list[FileInfo]]:
+        """Files of each DID (a file DID resolves to itself)."""
+        ...
+
+    async def add_rules(self, spec: RuleSpec) -> list[str]:
+        """Create the rules (or find the existing identical ones); their ids."""
+        ...
+
+    async def replicas_at(self, dids: Sequence[str], rse: str) -> dict[str, Replica]:
+        """State and root:// PFN at ``rse`` of the files of ``dids``, by file DID."""
+        ...

@@ -1,0 +1,54 @@
+"""Stager settings: ``DLAAS_RUCIO__*`` and ``DLAAS_STAGER__*`` environment variables."""
+
+from __future__ import annotations
+
+from dlaas.settings import ServiceSettings
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+
+class RucioSettings(BaseModel):
+    """The stager's own service identity at one Rucio instance (never a user's token)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    host: str = Field(default="http://127.0.0.1:8180", description="Rucio REST URL")
+    auth_host: str | None = Field(default=None, description="Auth URL; default: host")
+    account: str = Field(default="root", description="Service account")
+    auth_type: str = Field(default="userpass", description="userpass, x509, oidc, ...")
+    username: str | None = Field(default=None, description="userpass login")
+    password: SecretStr | None = Field(default=None, description="userpass password")
+    client_cert: str | None = Field(default=None, description="x509 certificate path")
+    client_key: str | None = Field(default=None, description="x509 key path")
+    ca_cert: str | None = Field(default=None, description="CA bundle for https")
+    vo: str | None = Field(default=None, description="VO of a multi-VO Rucio")
+    timeout_s: float = Field(default=120, description="Per-call HTTP timeout")
+
+
+class StagerOptions(BaseModel):
+    """How the stager makes rules and keeps state."""
+
+    model_config = ConfigDict(frozen=True)
+
+    db_url: str = Field(
+        default="sqlite+aiosqlite:///dlaas-stager.db",
+        description="State store: SQLite for one replica, postgresql+asyncpg:// for several",
+    )
+    default_lifetime_days: float = Field(
+        default=7, gt=0, description="Rule lifetime default"
+    )
+    max_lifetime_days: float = Field(
+        default=30, gt=0, description="Longest lifetime allowed"
+    )
+    activity: str = Field(default="User Subscriptions", description="Default activity")
+    accounts: dict[str, str] = Field(
+        default_factory=dict,
+        description="Broker user -> Rucio account; users not listed use their own name",
+    )
+    grouping: str = Field(default="DATASET", description="Rule grouping")
+
+
+class StagerSettings(ServiceSettings):
+    """Everything the stager reads from its environment."""
+
+    rucio: RucioSettings = Field(default_factory=RucioSettings)
+    stager: StagerOptions = Field(default_factory=StagerOptions)

@@ -1,0 +1,257 @@
+"""Which request waits for which files: SQLite for one stager, PostgreSQL for several.
+
+Every write is idempotent (insert-or-ignore, conditional state transitions), so a message
+handled twice, or by two replicas at once, leaves the same rows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from dlaas_stager.ports import FileInfo
+
+metadata = sa.MetaData()
+requests_t = sa.Table(
+    "requests",
+    metadata,
+    sa.Column("request_id", sa.String(36), primary_key=True),
+    sa.Column("user", sa.String(128), nullable=False),
+    sa.Column("account", sa.String(64), nullable=False),
+    sa.Column("rse", sa.String(255), nullable=False),
+    sa.Column("correlation_id", sa.String(128)),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+files_t = sa.Table(
+    "request_files",
+    metadata,
+    sa.Column("request_id", sa.String(36), primary_key=True),
+    sa.Column("did", sa.String(300), primary_key=True),
+    sa.Column("rse", sa.String(255), nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("adler32", sa.String(8)),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Index("ix_files_did_rse_state", "did", "rse", "state"),
+)
+rules_t = sa.Table(
+    "request_rules",
+    metadata,
+    sa.Column("request_id", sa.String(36), primary_key=True),
+    sa.Column("rule_id", sa.String(36), primary_key=True, index=True),
+)
+
+PENDING, STAGED, VISIBLE, FAILED = "pending", "staged", "visible", "failed"
+FINAL = (VISIBLE, FAILED)
+
+
+@dataclass(frozen=True)
+class NewRequest:
+    """A request as the stager records it after creating its rules."""
+
+    request_id: str
+    user: str
+    account: str
+    rse: str
+    correlation_id: str | None
+    files: Sequence[FileInfo]
+    rule_ids: Sequence[str]
+
+
+@dataclass(frozen=True)
+class WaitingFile:
+    """A file some request waits for."""
+
+    request_id: str
+    user: str
+    correlation_id: str | None
+    did: str
+    rse: str
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Counts of a request's files, for completion."""
+
+    request_id: str
+    user: str
+    correlation_id: str | None
+    state: str
+    created_at: float
+    by_state: dict[str, int]
+    bytes_ready: int
+
+    @property
+    def done(self) -> bool:
+        """Every file is visible or failed."""
+        return not (self.by_state.get(PENDING, 0) or self.by_state.get(STAGED, 0))
+
+
+class Store:
+    """SQL store over SQLAlchemy's async engine (aiosqlite or asyncpg)."""
+
+    def __init__(self, url: str) -> None:
+        self.engine: AsyncEngine = create_async_engine(url)
+        self._insert = (
+            postgresql.insert if url.startswith("postgresql") else sqlite.insert
+        )
+
+    async def init(self) -> None:
+        """Create the tables if missing."""
+        async with self.engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+
+    async def close(self) -> None:
+        """Release connections."""
+        await self.engine.dispose()
+
+    async def save_request(self, req: NewRequest) -> None:
+        """Record a request, its files and rules (a second call changes nothing)."""
+        async with self.engine.begin() as conn:
+            await self._ignore(
+                conn,
+                requests_t,
+                [
+                    {
+                        "request_id": req.request_id,
+                        "user": req.user,
+                        "account": req.account,
+                        "rse": req.rse,
+                        "correlation_id": req.correlation_id,
+                        "state": "accepted",
+                        "created_at": time.time(),
+                    }
+                ],
+            )
+            await self._ignore(
+                conn,
+                files_t,
+                [
+                    {
+                        "request_id": req.request_id,
+                        "did": f.did,
+                        "rse": req.rse,
+                        "bytes": f.bytes,
+                        "adler32": f.adler32,
+                        "state": PENDING,
+                    }
+                    for f in req.files
+                ],
+            )
+            await self._ignore(
+                conn,
+                rules_t,
+                [
+                    {"request_id": req.request_id, "rule_id": rule_id}
+                    for rule_id in req.rule_ids
+                ],
+            )
+
+    async def _ignore(
+        self, conn: AsyncConnection, table: sa.Table, rows: list[dict[str, object]]
+    ) -> None:
+        if rows:
+            await conn.execute(self._insert(table).on_conflict_do_nothing(), rows)
+
+    def _waiting(self) -> sa.Select[str, str, str | None, str, str]:
+        return sa.select(
+            files_t.c.request_id,
+            requests_t.c.user,
+            requests_t.c.correlation_id,
+            files_t.c.did,
+            files_t.c.rse,
+        ).join(requests_t, requests_t.c.request_id == files_t.c.request_id)
+
+    async def waiting_for_file(self, did: str, rse: str) -> list[WaitingFile]:
+        """Requests whose file ``did`` at ``rse`` is not yet staged."""
+        query = self._waiting().where(
+            files_t.c.did == did, files_t.c.rse == rse, files_t.c.state == PENDING
+        )
+        return await self._fetch_waiting(query)
+
+    async def waiting_for_rule(self, rule_id: str) -> list[WaitingFile]:
+        """Files not yet staged of the requests served by ``rule_id``."""
+        query = (
+            self._waiting()
+            .join(rules_t, rules_t.c.request_id == files_t.c.request_id)
+            .where(rules_t.c.rule_id == rule_id, files_t.c.state == PENDING)
+        )
+        return await self._fetch_waiting(query)
+
+    async def waiting_in_request(self, request_id: str) -> list[WaitingFile]:
+        """Files not yet staged of one request."""
+        query = self._waiting().where(
+            files_t.c.request_id == request_id, files_t.c.state == PENDING
+        )
+        return await self._fetch_waiting(query)
+
+    async def _fetch_waiting(
+        self, query: sa.Select[str, str, str | None, str, str]
+    ) -> list[WaitingFile]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [WaitingFile(*row) for row in rows]
+
+    async def set_file_state(
+        self, request_id: str, did: str, state: str, *, reason: str | None = None
+    ) -> bool:
+        """Move a file forward (never back out of a final state); whether it moved."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                files_t.update()
+                .where(
+                    files_t.c.request_id == request_id,
+                    files_t.c.did == did,
+                    files_t.c.state.not_in(FINAL),
+                    files_t.c.state != state,
+                )
+                .values(state=state, reason=reason)
+            )
+        return bool(result.rowcount)
+
+    async def summary(self, request_id: str) -> Summary | None:
+        """Counts per state of a request's files; None for an unknown request."""
+        async with self.engine.connect() as conn:
+            req = (
+                await conn.execute(
+                    sa.select(requests_t).where(requests_t.c.request_id == request_id)
+                )
+            ).first()
+            if req is None:
+                return None
+            counts = (
+                await conn.execute(
+                    sa.select(
+                        files_t.c.state, sa.func.count(), sa.func.sum(files_t.c.bytes)
+                    )
+                    .where(files_t.c.request_id == request_id)
+                    .group_by(files_t.c.state)
+                )
+            ).all()
+        by_state = {state: int(n) for state, n, _ in counts}
+        ready = sum(int(b or 0) for state, _, b in counts if state == VISIBLE)
+        return Summary(
+            request_id,
+            req.user,
+            req.correlation_id,
+            req.state,
+            req.created_at,
+            by_state,
+            ready,
+        )
+
+    async def set_request_state(self, request_id: str, state: str) -> bool:
+        """Set a request's state once; whether it changed."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                requests_t.update()
+                .where(requests_t.c.request_id == request_id, requests_t.c.state != state)
+                .values(state=state)
+            )
+        return bool(result.rowcount)

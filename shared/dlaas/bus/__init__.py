@@ -1,0 +1,1 @@
+"""The bus: topology (one module), connection and publishing, the consumer runtime."""

@@ -1,0 +1,1 @@
+"""The dlaas client: the Python API notebooks use and the ``dlaas`` command."""

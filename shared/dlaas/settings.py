@@ -1,0 +1,66 @@
+"""Settings every dlaas process shares, read once from ``DLAAS_*`` environment variables."""
+
+from __future__ import annotations
+
+from urllib.parse import unquote, urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BusSettings(BaseModel):
+    """How to reach RabbitMQ and how to treat messages."""
+
+    model_config = ConfigDict(frozen=True)
+
+    url: SecretStr = Field(
+        default=SecretStr("amqp://guest:guest@127.0.0.1:5672/"),
+        description="AMQP URL (amqps:// for TLS); the login is the user's identity",
+    )
+    prefetch: int = Field(default=50, ge=1, description="Unacked messages per consumer")
+    max_message_bytes: int = Field(
+        default=1_000_000, ge=1024, description="Larger bodies are dead-lettered"
+    )
+    retry_delays_s: tuple[float, ...] = Field(
+        default=(1.0, 5.0, 30.0, 120.0),
+        description="Backoff of transient failures; one retry queue per delay",
+    )
+    dlq_ttl_days: int = Field(
+        default=7, ge=1, description="How long dead letters are kept"
+    )
+    inbox_ttl_days: float = Field(
+        default=7, gt=0, description="How long a user's inbox keeps notifications"
+    )
+    delivery_limit: int = Field(
+        default=20, ge=1, description="Quorum-queue redelivery backstop (crash loops)"
+    )
+
+    @property
+    def login(self) -> str:
+        """The broker user name in the URL (what RabbitMQ validates ``user_id`` against)."""
+        return unquote(urlsplit(self.url.get_secret_value()).username or "guest")
+
+    @property
+    def display_url(self) -> str:
+        """The URL without its password, for logs."""
+        parts = urlsplit(self.url.get_secret_value())
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{self.login}@{host}{port}{parts.path}"
+
+
+class ServiceSettings(BaseSettings):
+    """Settings of one dlaas process; services subclass it with their own section."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DLAAS_", env_nested_delimiter="__", frozen=True, extra="ignore"
+    )
+
+    bus: BusSettings = Field(default_factory=BusSettings)
+    log_json: bool | None = Field(
+        default=None, description="JSON logs; default: not a tty"
+    )
+    log_level: str = Field(default="INFO", description="Minimum level logged")
+    grace_s: float = Field(
+        default=10.0, ge=0, description="On SIGTERM, wait this long for messages in hand"
+    )
