@@ -23,6 +23,7 @@ async def build(
     """Wire the stager's consumers (tests pass their own catalog)."""
     store = Store(settings.stager.db_url)
     await store.init()
+    bus.on_close(store.close)
     stager = Stager(bus, catalog or RucioCatalog(settings.rucio), store, settings.stager)
     hermes_handlers: dict[str, Handler] = {
         "transfer-done": stager.on_transfer_done,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Self
 
 import aio_pika
@@ -29,6 +30,11 @@ class Bus:
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
+        self._on_close: list[Callable[[], Awaitable[None]]] = []
+
+    def on_close(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Release ``callback``'s resource when the bus closes (stores, HTTP clients)."""
+        self._on_close.append(callback)
 
     async def connect(self) -> Self:
         """Connect, open a confirming channel and declare the exchanges."""
@@ -87,6 +93,8 @@ class Bus:
         await self.channel.default_exchange.publish(message, routing_key=queue)
 
     async def close(self) -> None:
-        """Close the connection (idempotent)."""
+        """Close the connection, then what was registered with :meth:`on_close` (idempotent)."""
         if self._connection is not None and not self._connection.is_closed:
             await self._connection.close()
+        while self._on_close:
+            await self._on_close.pop()()

@@ -1,0 +1,72 @@
+"""An in-memory Rucio for the stager's Catalog port: a recorder, not a mock."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from dlaas.errors import PermanentError
+from dlaas_stager.ports import FileInfo, Replica, RuleSpec
+
+
+@dataclass
+class FakeCatalog:
+    """Datasets of files, replicas at RSEs, rules; counts calls like the real adapter."""
+
+    contents: dict[str, list[FileInfo]] = field(default_factory=dict)
+    available: dict[tuple[str, str], str] = field(
+        default_factory=dict
+    )  # (did, rse) -> pfn
+    rules: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    calls: list[str] = field(default_factory=list)
+    _ids: itertools.count[int] = field(default_factory=itertools.count)
+
+    def add_dataset(self, did: str, n_files: int, size: int = 100) -> list[FileInfo]:
+        scope = did.partition(":")[0]
+        files = [
+            FileInfo(f"{scope}:{did.partition(':')[2]}.f{i}", size, "0000abcd")
+            for i in range(n_files)
+        ]
+        self.contents[did] = files
+        return files
+
+    def make_available(self, did: str, rse: str) -> None:
+        scope, _, name = did.partition(":")
+        self.available[did, rse] = (
+            f"root://127.0.0.1:1094//data/{rse.lower()}/{scope}/{name}"
+        )
+
+    def _files(self, did: str) -> list[FileInfo]:
+        if did in self.contents:
+            return self.contents[did]
+        for files in self.contents.values():
+            for info in files:
+                if info.did == did:
+                    return [info]
+        raise PermanentError(f"Rucio list_files: DataIdentifierNotFound: {did}")
+
+    async def list_files(self, dids: Sequence[str]) -> dict[str, list[FileInfo]]:
+        self.calls.append("list_files")
+        return {did: self._files(did) for did in dids}
+
+    async def add_rules(self, spec: RuleSpec) -> list[str]:
+        self.calls.append("add_replication_rule")
+        return [
+            self.rules.setdefault(
+                (did, spec.rse, spec.account), f"rule-{next(self._ids)}"
+            )
+            for did in spec.dids
+        ]
+
+    async def replicas_at(self, dids: Sequence[str], rse: str) -> dict[str, Replica]:
+        self.calls.append("list_replicas")
+        result: dict[str, Replica] = {}
+        for did in dids:
+            for info in self._files(did):
+                pfn = self.available.get((info.did, rse))
+                if pfn is not None:
+                    result[info.did] = Replica(
+                        info.did, "AVAILABLE", pfn, info.bytes, info.adler32
+                    )
+        return result

@@ -1,0 +1,208 @@
+"""The four services on the real broker, Rucio faked at the port: the flow, isolation, DLQs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import aio_pika
+import pytest
+from dlaas.bus import topology
+from dlaas.client.api import StageResult, astage
+from dlaas.contracts import Notification
+from dlaas.settings import BusSettings
+
+from tests.broker import Broker
+from tests.fakes.catalog import FakeCatalog
+from tests.services import CACHE, Stack, running_services
+
+pytestmark = pytest.mark.broker
+
+
+def _bus(url: str) -> BusSettings:
+    return BusSettings(url=url)  # type: ignore[arg-type]
+
+
+async def _hermes(
+    url: str, event_type: str, payload: object, *, raw: bytes | None = None
+) -> None:
+    """Publish as Rucio's hermes does over STOMP: JSON envelope, event_type header, no type."""
+    body = (
+        raw
+        or json.dumps(
+            {
+                "event_type": event_type,
+                "payload": payload,
+                "created_at": "2026-11-23 10:00:00",
+            }
+        ).encode()
+    )
+    async with await aio_pika.connect(url) as connection:
+        channel = await connection.channel()
+        exchange = await channel.get_exchange(topology.HERMES)
+        await exchange.publish(
+            aio_pika.Message(
+                body,
+                headers={"event_type": event_type},
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            ),
+            routing_key="local",
+        )
+
+
+def _place(stack: Stack, pfn: str) -> None:
+    """Put a file where the NOTEBOOK mount shows it (path_begins_at=2 drops /data/notebook)."""
+    path = stack.storage.joinpath(*Path(pfn.split("//", 2)[2]).parts[2:])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * 100)
+
+
+async def _spy(url: str, user: str) -> aio_pika.abc.AbstractQueue:
+    """A queue bound to everything ``user`` may receive."""
+    connection = await aio_pika.connect(url)
+    channel = await connection.channel()
+    queue = await channel.declare_queue(exclusive=True)
+    await queue.bind(topology.NOTIFY, f"user.{topology.user_segment(user)}.#")
+    return queue
+
+
+async def test_stage_request_reaches_its_user_only(
+    broker: Broker, tmp_path: Path
+) -> None:
+    catalog = FakeCatalog()
+    files = catalog.add_dataset("user.alice:ds1", 3)
+    catalog.make_available(files[0].did, "NOTEBOOK")  # already there: ready at once
+    async with running_services(broker.url(), tmp_path, catalog) as stack:
+        for info in files:
+            catalog.make_available(info.did, "TMP")
+            _place(
+                stack, catalog.available[info.did, "TMP"].replace("/tmp/", "/notebook/")
+            )
+        bob = await _spy(broker.url("bob"), "bob")
+        # a transfer-done that arrives before the request is even recorded
+        catalog.make_available(files[1].did, "NOTEBOOK")
+        scope, _, name = files[1].did.partition(":")
+        await _hermes(
+            broker.url(),
+            "transfer-done",
+            {"request-id": "r1", "scope": scope, "name": name, "dst-rse": "NOTEBOOK"},
+        )
+
+        async def later(note: Notification, _: StageResult) -> None:
+            catalog.make_available(files[2].did, "NOTEBOOK")
+            rule_id = next(iter(catalog.rules.values()))
+            await _hermes(
+                broker.url(),
+                "rule_ok",
+                {"scope": "user.alice", "name": "ds1", "rule_id": rule_id},
+            )
+
+        tasks: list[asyncio.Task[None]] = []
+        result = await astage(
+            ["user.alice:ds1"],
+            rse="NOTEBOOK",
+            timeout=30,
+            settings=_bus(broker.url("alice")),
+            on_update=lambda n, r: (
+                tasks.append(asyncio.ensure_future(later(n, r)))
+                if n.kind == "accepted"
+                else None
+            ),
+        )
+        await asyncio.gather(*tasks)
+    assert result.ok, result
+    assert sorted(result.ready) == sorted(f.did for f in files)
+    for did, ready in result.ready.items():
+        pfn = catalog.available[did, "NOTEBOOK"]
+        assert ready.pfn == pfn
+        assert ready.cache_url == f"{CACHE}//{pfn}"
+        view = Path(ready.path)
+        assert view == stack.views / "alice" / "user.alice" / did.partition(":")[2]
+        assert view.is_symlink()
+        assert view.read_bytes() == b"x" * 100
+    await asyncio.sleep(0.5)
+    assert await bob.get(fail=False) is None, "bob received alice's notification"
+
+
+async def test_request_for_unknown_did_fails_clearly(
+    broker: Broker, tmp_path: Path
+) -> None:
+    async with running_services(broker.url(), tmp_path, FakeCatalog()):
+        result = await astage(
+            ["user.alice:nope"],
+            rse="NOTEBOOK",
+            timeout=30,
+            settings=_bus(broker.url("alice")),
+        )
+    assert result.completed
+    assert not result.ok
+    assert result.reason is not None
+    assert "DataIdentifierNotFound" in result.reason
+
+
+BAD = {
+    "stager.requests": [
+        (b"{not json", "rule-requested.v1"),
+        (b'{"request_id": "x"}', "rule-requested.v1"),
+        (b"{}", "no-such-event.v1"),
+    ],
+    "cache_router.files": [(b'{"did": 42}', "file-staged.v1")],
+    "fuse_agent.files": [(b"[]", "file-ready.v1")],
+    "notifier.events": [(b"\xff\xfe", "file-visible.v1")],
+    "stager.progress": [(b"{}", None)],
+}
+
+
+async def test_malformed_messages_are_dead_lettered_with_reason(
+    broker: Broker, tmp_path: Path
+) -> None:
+    async with running_services(broker.url(), tmp_path, FakeCatalog()):
+        async with await aio_pika.connect(broker.url()) as connection:
+            channel = await connection.channel()
+            for queue, messages in BAD.items():
+                for body, kind in messages:
+                    await channel.default_exchange.publish(
+                        aio_pika.Message(body, type=kind), routing_key=queue
+                    )
+            big = b'{"x": "' + b"a" * 2_000_000 + b'"}'
+            await channel.default_exchange.publish(
+                aio_pika.Message(big, type="rule-requested.v1"),
+                routing_key="stager.requests",
+            )
+        await _hermes(broker.url(), "no-such-type", {})
+        await _hermes(broker.url(), "transfer-done", {"scope": "s"})  # wrong shape
+        await _hermes(
+            broker.url(), "create_dts", {"scope": "s", "name": "n"}
+        )  # valid, unused
+        await _hermes(broker.url(), "x", {}, raw=b"not json at all")
+        await asyncio.sleep(1.5)
+        # still consuming: a valid request after all that garbage is answered
+        result = await astage(
+            ["user.alice:nope"],
+            rse="NOTEBOOK",
+            timeout=30,
+            settings=_bus(broker.url("alice")),
+        )
+        assert result.reason is not None
+    reasons: dict[str, list[str]] = {}
+    for queue in [*BAD, "stager.hermes"]:
+        dead = broker.get_messages(f"{queue}.dlq")
+        reasons[queue] = [str(m["properties"]["headers"]["x-dlaas-reason"]) for m in dead]  # type: ignore[index]
+    assert len(reasons["stager.requests"]) == 4
+    assert any("malformed" in r for r in reasons["stager.requests"])
+    assert any(
+        "unknown event type 'no-such-event.v1'" in r for r in reasons["stager.requests"]
+    )
+    assert any("too large" in r for r in reasons["stager.requests"])
+    for queue in (
+        "cache_router.files",
+        "fuse_agent.files",
+        "notifier.events",
+        "stager.progress",
+    ):
+        assert len(reasons[queue]) == 1, queue
+    assert len(reasons["stager.hermes"]) == 3
+    assert any(
+        "unknown hermes event type 'no-such-type'" in r for r in reasons["stager.hermes"]
+    )
