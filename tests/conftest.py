@@ -6,12 +6,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.broker import Broker, close_broker, open_broker
+from dlaas_devstack.broker import Vhost
+from tests.broker import open_broker
 
 
 @pytest.fixture(scope="session")
-def broker() -> Iterator[Broker]:
+def broker() -> Iterator[Vhost]:
     """A vhost of our own on the real RabbitMQ, deleted at the end of the session."""
     opened = open_broker()
     yield opened
-    close_broker(opened)
+    opened.delete()

@@ -13,7 +13,7 @@ from dlaas.client.api import StageResult, astage
 from dlaas.contracts import Notification
 from dlaas.settings import BusSettings
 
-from tests.broker import Broker
+from dlaas_devstack.broker import Vhost
 from tests.fakes.catalog import FakeCatalog
 from tests.services import CACHE, Stack, running_services
 
@@ -68,7 +68,7 @@ async def _spy(url: str, user: str) -> aio_pika.abc.AbstractQueue:
 
 
 async def test_stage_request_reaches_its_user_only(
-    broker: Broker, tmp_path: Path
+    broker: Vhost, tmp_path: Path
 ) -> None:
     catalog = FakeCatalog()
     files = catalog.add_dataset("user.alice:ds1", 3)
@@ -126,7 +126,7 @@ async def test_stage_request_reaches_its_user_only(
 
 
 async def test_request_for_unknown_did_fails_clearly(
-    broker: Broker, tmp_path: Path
+    broker: Vhost, tmp_path: Path
 ) -> None:
     async with running_services(broker.url(), tmp_path, FakeCatalog()):
         result = await astage(
@@ -155,7 +155,7 @@ BAD = {
 
 
 async def test_malformed_messages_are_dead_lettered_with_reason(
-    broker: Broker, tmp_path: Path
+    broker: Vhost, tmp_path: Path
 ) -> None:
     async with running_services(broker.url(), tmp_path, FakeCatalog()):
         async with await aio_pika.connect(broker.url()) as connection:
