@@ -1,13 +1,16 @@
-"""Fixtures shared by every test: the real broker (a throwaway vhost)."""
+"""Fixtures shared by every test: the real broker (a throwaway vhost) and a real Rucio."""
 
 from __future__ import annotations
 
+import shutil
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from dlaas_devstack.broker import Vhost
-from tests.broker import open_broker
+from tests.broker import need, open_broker
 
 
 @pytest.fixture(scope="session")
@@ -16,3 +19,27 @@ def broker() -> Iterator[Vhost]:
     opened = open_broker()
     yield opened
     opened.delete()
+
+
+@pytest.fixture(scope="session")
+def rucio_stack(broker: Vhost, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real Rucio (PostgreSQL, gunicorn, conveyor, judge, hermes to our vhost) with a lake."""
+    from dlaas_devstack.lake import build_lake  # noqa: PLC0415  (heavy: only when asked for)
+    from dlaas_devstack.rucio import RucioStack, RucioStackSettings  # noqa: PLC0415
+
+    if shutil.which("pg_isready") is None:
+        need("PostgreSQL client tools missing")
+    workdir: Path = tmp_path_factory.mktemp("rucio")
+    settings = RucioStackSettings(
+        workdir=workdir,
+        amqp_vhost=broker.name,
+        db_name=f"dlaas_test_{uuid.uuid4().hex[:8]}",
+        daemon_sleep=1.0,
+    )
+    stack = RucioStack(settings)
+    stack.start()
+    try:
+        build_lake(stack)
+        yield stack
+    finally:
+        stack.stop()

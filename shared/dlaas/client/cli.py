@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from dlaas.client.api import ClientSettings, StageResult, astage
 from dlaas.contracts import Notification
+from dlaas.logging import configure_logging
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
 
@@ -141,6 +142,7 @@ def run_stage(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``dlaas``."""
     args = _parser().parse_args(argv)
+    configure_logging(json=False, level="WARNING")  # stdout is for results only
     code = run_stage(args)
     sys.exit(code) if argv is None else None
     return code
