@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from dlaas_devstack.broker import Vhost
+
 from tests.broker import need, open_broker
 
 
@@ -22,7 +24,9 @@ def broker() -> Iterator[Vhost]:
 
 
 @pytest.fixture(scope="session")
-def rucio_stack(broker: Vhost, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+def rucio_stack(
+    broker: Vhost, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[object]:
     """A real Rucio (PostgreSQL, gunicorn, conveyor, judge, hermes to our vhost) with a lake."""
     from dlaas_devstack.lake import build_lake  # noqa: PLC0415  (heavy: only when asked for)
     from dlaas_devstack.rucio import RucioStack, RucioStackSettings  # noqa: PLC0415
@@ -37,9 +41,26 @@ def rucio_stack(broker: Vhost, tmp_path_factory: pytest.TempPathFactory) -> Iter
         daemon_sleep=1.0,
     )
     stack = RucioStack(settings)
+    started = time.monotonic()
     stack.start()
+    print(f"\n[timing] Rucio stack start-up: {time.monotonic() - started:.1f} s")  # noqa: T201
     try:
         build_lake(stack)
         yield stack
     finally:
         stack.stop()
+        subprocess.run(
+            [
+                "psql",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-q",
+                "-c",
+                f'DROP DATABASE IF EXISTS "{settings.db_name}" WITH (FORCE)',
+            ],
+            check=False,
+            capture_output=True,
+            timeout=60,
+        )

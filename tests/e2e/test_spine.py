@@ -14,7 +14,6 @@ from pathlib import Path
 
 import aio_pika
 import pytest
-
 from dlaas.bus import topology
 from dlaas_devstack.broker import Vhost
 from dlaas_devstack.lake import NOTEBOOK, make_dataset, rse_dir
@@ -36,12 +35,17 @@ async def _spy(
     return queue
 
 
-async def _dlaas(*args: str, user: str, broker: Vhost) -> tuple[int, list[dict[str, object]]]:
+async def _dlaas(
+    *args: str, user: str, broker: Vhost
+) -> tuple[int, list[dict[str, object]]]:
     """Run the real `dlaas` command as ``user``; its exit code and JSON lines."""
     env = {**os.environ, "DLAAS_BUS__URL": broker.url(user)}
     process = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).parent / "dlaas"), *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        str(Path(sys.executable).parent / "dlaas"),
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(process.communicate(), 240)
     assert process.returncode is not None
@@ -55,15 +59,29 @@ async def test_a_dataset_staged_in_a_terminal_becomes_ready_files_for_its_user_o
     name = f"ds-{uuid.uuid4().hex[:6]}"
     files = make_dataset(rucio_stack, "user.alice", name, 3)
     config = DlaasConfig(
-        workdir=tmp_path, amqp_url=broker.url(), rucio_host=rucio_stack.rucio_host,
-        mount_path=rse_dir(rucio_stack, NOTEBOOK), path_begins_at=2, cache_endpoints=(CACHE,),
+        workdir=tmp_path,
+        amqp_url=broker.url(),
+        rucio_host=rucio_stack.rucio_host,
+        mount_path=rse_dir(rucio_stack, NOTEBOOK),
+        path_begins_at=2,
+        cache_endpoints=(CACHE,),
     )
     with DlaasServices(config):
         bob_connection = await aio_pika.connect(broker.url("bob"))
         bob = await _spy(bob_connection, "bob")
         started = time.monotonic()
-        code, notes = await _dlaas("stage", f"user.alice:{name}", "--rse", NOTEBOOK, "--wait",
-                                   "--json", "--timeout", "180", user="alice", broker=broker)
+        code, notes = await _dlaas(
+            "stage",
+            f"user.alice:{name}",
+            "--rse",
+            NOTEBOOK,
+            "--wait",
+            "--json",
+            "--timeout",
+            "180",
+            user="alice",
+            broker=broker,
+        )
         elapsed = time.monotonic() - started
         await asyncio.sleep(1)
         leaked = await bob.get(fail=False)
