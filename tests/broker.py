@@ -8,7 +8,6 @@ import uuid
 from urllib.parse import urlsplit
 
 import pytest
-
 from dlaas_devstack.broker import Admin, Vhost, create_vhost
 
 
@@ -29,7 +28,9 @@ def reachable(host: str, port: int) -> bool:
 
 def open_broker() -> Vhost:
     """A fresh vhost on $DLAAS_TEST_AMQP_URL (default: the local broker); caller deletes it."""
-    url = urlsplit(os.environ.get("DLAAS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"))
+    url = urlsplit(
+        os.environ.get("DLAAS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    )
     host, port = url.hostname or "127.0.0.1", url.port or 5672
     if not reachable(host, port):
         need(f"RabbitMQ not reachable at {host}:{port}")

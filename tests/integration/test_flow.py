@@ -12,8 +12,8 @@ from dlaas.bus import topology
 from dlaas.client.api import StageResult, astage
 from dlaas.contracts import Notification
 from dlaas.settings import BusSettings
-
 from dlaas_devstack.broker import Vhost
+
 from tests.fakes.catalog import FakeCatalog
 from tests.services import CACHE, Stack, running_services
 
@@ -67,9 +67,7 @@ async def _spy(url: str, user: str) -> aio_pika.abc.AbstractQueue:
     return queue
 
 
-async def test_stage_request_reaches_its_user_only(
-    broker: Vhost, tmp_path: Path
-) -> None:
+async def test_stage_request_reaches_its_user_only(broker: Vhost, tmp_path: Path) -> None:
     catalog = FakeCatalog()
     files = catalog.add_dataset("user.alice:ds1", 3)
     catalog.make_available(files[0].did, "NOTEBOOK")  # already there: ready at once

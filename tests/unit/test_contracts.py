@@ -6,8 +6,6 @@ import json
 from uuid import uuid4
 
 import pytest
-from pydantic import ValidationError
-
 from dlaas.contracts import EVENT_TYPES, Did, FileReady, RuleRequested
 from dlaas.contracts.hermes import (
     DatasetLockOk,
@@ -17,22 +15,43 @@ from dlaas.contracts.hermes import (
     TransferQueued,
     parse_payload,
 )
+from pydantic import ValidationError
 
 # Bodies as hermes sent them in the verified local stand-up (../shared/facts/rucio-local.md).
 TRANSFER_DONE = {
     "event_type": "transfer-done",
     "payload": {
-        "activity": "User Subscriptions", "request-id": "0f5e", "duration": 0,
-        "checksum-adler": "0cc737eb", "checksum-md5": None, "file-size": 1024, "bytes": 1024,
-        "guid": None, "previous-request-id": None, "protocol": "mock", "scope": "user.alice",
-        "name": "g1.root", "dataset": "ds2", "datasetScope": "user.alice", "src-type": "DISK",
-        "src-rse": "ORIGIN", "src-url": "mock://127.0.0.1:0/data/origin/user/alice/6d/15/g1.root",
-        "dst-type": "DISK", "dst-rse": "NOTEBOOK",
+        "activity": "User Subscriptions",
+        "request-id": "0f5e",
+        "duration": 0,
+        "checksum-adler": "0cc737eb",
+        "checksum-md5": None,
+        "file-size": 1024,
+        "bytes": 1024,
+        "guid": None,
+        "previous-request-id": None,
+        "protocol": "mock",
+        "scope": "user.alice",
+        "name": "g1.root",
+        "dataset": "ds2",
+        "datasetScope": "user.alice",
+        "src-type": "DISK",
+        "src-rse": "ORIGIN",
+        "src-url": "mock://127.0.0.1:0/data/origin/user/alice/6d/15/g1.root",
+        "dst-type": "DISK",
+        "dst-rse": "NOTEBOOK",
         "dst-url": "mock://127.0.0.1:0/data/notebook/user/alice/6d/15/g1.root",
-        "reason": "", "transfer-endpoint": "mock://localhost", "transfer-id": "x",
-        "transfer-link": "", "created_at": None, "submitted_at": "2026-11-23 10:00:00",
-        "started_at": "2026-11-23 10:00:00", "transferred_at": "2026-11-23 10:00:01",
-        "tool-id": "rucio-conveyor", "account": "alice", "datatype": None,
+        "reason": "",
+        "transfer-endpoint": "mock://localhost",
+        "transfer-id": "x",
+        "transfer-link": "",
+        "created_at": None,
+        "submitted_at": "2026-11-23 10:00:00",
+        "started_at": "2026-11-23 10:00:00",
+        "transferred_at": "2026-11-23 10:00:01",
+        "tool-id": "rucio-conveyor",
+        "account": "alice",
+        "datatype": None,
     },
     "created_at": "2026-11-23 10:00:01.123456",
 }
@@ -47,13 +66,18 @@ def test_every_event_type_is_versioned_and_unique() -> None:
 def test_every_field_is_described() -> None:
     for cls in EVENT_TYPES.values():
         schema = cls.model_json_schema()
-        undocumented = [k for k, v in schema["properties"].items() if "description" not in v]
+        undocumented = [
+            k for k, v in schema["properties"].items() if "description" not in v
+        ]
         assert not undocumented, (cls.__name__, undocumented)
 
 
 def _request(**overrides: object) -> RuleRequested:
     fields: dict[str, object] = {
-        "request_id": uuid4(), "user": "alice", "dids": ["user.alice:ds2"], "rse": "NOTEBOOK",
+        "request_id": uuid4(),
+        "user": "alice",
+        "dids": ["user.alice:ds2"],
+        "rse": "NOTEBOOK",
     }
     return RuleRequested.model_validate(fields | overrides)
 
@@ -65,8 +89,17 @@ def test_rule_requested_round_trips() -> None:
 
 @pytest.mark.parametrize(
     "did",
-    ["nocolon", ":name", "scope:", "scope:../etc/passwd", "scope:/abs", "sc/ope:x",
-     "scope:a/../../b", "scope:\0", "s" * 30 + ":x"],
+    [
+        "nocolon",
+        ":name",
+        "scope:",
+        "scope:../etc/passwd",
+        "scope:/abs",
+        "sc/ope:x",
+        "scope:a/../../b",
+        "scope:\0",
+        "s" * 30 + ":x",
+    ],
 )
 def test_invalid_dids_are_refused(did: str) -> None:
     with pytest.raises(ValidationError):
@@ -86,12 +119,23 @@ def test_unknown_fields_are_tolerated() -> None:
 
 def test_did_parses() -> None:
     did = Did.parse("user.alice:data/f1.root")
-    assert (did.scope, did.name, str(did)) == ("user.alice", "data/f1.root", "user.alice:data/f1.root")
+    assert (did.scope, did.name, str(did)) == (
+        "user.alice",
+        "data/f1.root",
+        "user.alice:data/f1.root",
+    )
 
 
 def test_file_ready_extends_file_staged() -> None:
-    ready = FileReady(request_id=uuid4(), user="alice", did="s:n", rse="R", pfn="root://h//p",
-                      bytes=1, cache_url="root://c//root://h//p")
+    ready = FileReady(
+        request_id=uuid4(),
+        user="alice",
+        did="s:n",
+        rse="R",
+        pfn="root://h//p",
+        bytes=1,
+        cache_url="root://c//root://h//p",
+    )
     assert ready.routing_key() == "cache_router.file-ready.v1"
 
 
@@ -99,18 +143,46 @@ def test_transfer_done_as_rucio_sends_it() -> None:
     envelope = HermesEnvelope.model_validate_json(json.dumps(TRANSFER_DONE))
     payload = parse_payload(envelope)
     assert isinstance(payload, TransferFinished)
-    assert (payload.scope, payload.name, payload.dst_rse) == ("user.alice", "g1.root", "NOTEBOOK")
+    assert (payload.scope, payload.name, payload.dst_rse) == (
+        "user.alice",
+        "g1.root",
+        "NOTEBOOK",
+    )
     assert payload.dataset_scope == "user.alice"
     assert payload.checksum_adler == "0cc737eb"
 
 
 def test_rule_messages_as_rucio_sends_them() -> None:
-    ok = parse_payload(HermesEnvelope(event_type="rule_ok", payload={
-        "scope": "user.alice", "name": "ds2", "rule_id": "abc"}))
-    lock = parse_payload(HermesEnvelope(event_type="datasetlock_ok", payload={
-        "scope": "user.alice", "name": "ds2", "rse": "NOTEBOOK", "rse_id": "1", "rule_id": "abc"}))
-    queued = parse_payload(HermesEnvelope(event_type="transfer-queued", payload={
-        "request-id": "r", "scope": "s", "name": "n", "dst-rse": "R", "rule-id": "abc"}))
+    ok = parse_payload(
+        HermesEnvelope(
+            event_type="rule_ok",
+            payload={"scope": "user.alice", "name": "ds2", "rule_id": "abc"},
+        )
+    )
+    lock = parse_payload(
+        HermesEnvelope(
+            event_type="datasetlock_ok",
+            payload={
+                "scope": "user.alice",
+                "name": "ds2",
+                "rse": "NOTEBOOK",
+                "rse_id": "1",
+                "rule_id": "abc",
+            },
+        )
+    )
+    queued = parse_payload(
+        HermesEnvelope(
+            event_type="transfer-queued",
+            payload={
+                "request-id": "r",
+                "scope": "s",
+                "name": "n",
+                "dst-rse": "R",
+                "rule-id": "abc",
+            },
+        )
+    )
     assert isinstance(ok, RuleOk)
     assert isinstance(lock, DatasetLockOk)
     assert lock.rse == "NOTEBOOK"

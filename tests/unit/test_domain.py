@@ -7,7 +7,6 @@ from pathlib import Path
 from uuid import uuid4
 
 import pytest
-
 from dlaas.contracts import RequestCompleted, RuleRequested
 from dlaas.errors import PermanentError
 from dlaas_cache_router.domain import cache_url, choose_cache
@@ -22,7 +21,9 @@ DIDS = [f"user.alice:f{i}" for i in range(2000)]
 
 
 def test_the_same_file_always_goes_to_the_same_cache() -> None:
-    assert all(choose_cache(d, CACHES) == choose_cache(d, list(reversed(CACHES))) for d in DIDS)
+    assert all(
+        choose_cache(d, CACHES) == choose_cache(d, list(reversed(CACHES))) for d in DIDS
+    )
 
 
 def test_files_spread_over_caches() -> None:
@@ -41,7 +42,10 @@ def test_only_the_files_of_a_cache_that_leaves_move() -> None:
 def test_no_cache_means_the_origin() -> None:
     assert choose_cache("s:n", []) is None
     assert cache_url("root://o:1094//data/x", None) == "root://o:1094//data/x"
-    assert cache_url("root://o:1094//data/x", "root://c:1095/") == "root://c:1095//root://o:1094//data/x"
+    assert (
+        cache_url("root://o:1094//data/x", "root://c:1095/")
+        == "root://c:1095//root://o:1094//data/x"
+    )
 
 
 def test_mount_path_follows_path_begins_at() -> None:
@@ -59,13 +63,22 @@ def test_mount_paths_that_escape_are_refused(pfn: str) -> None:
 
 
 def test_view_path() -> None:
-    assert view_path(Path("/v"), "alice", "user.alice:sub/f1") == Path("/v/alice/user.alice/sub/f1")
+    assert view_path(Path("/v"), "alice", "user.alice:sub/f1") == Path(
+        "/v/alice/user.alice/sub/f1"
+    )
 
 
 @pytest.mark.parametrize(
     ("user", "did"),
-    [("alice", "s:../bob/x"), ("alice", "s:/etc/passwd"), ("alice", "..:x"), ("..", "s:x"),
-     ("alice", "s:a\0b"), ("alice", "s:a\\..\\b"), ("alice", "s:x/../../y")],
+    [
+        ("alice", "s:../bob/x"),
+        ("alice", "s:/etc/passwd"),
+        ("alice", "..:x"),
+        ("..", "s:x"),
+        ("alice", "s:a\0b"),
+        ("alice", "s:a\\..\\b"),
+        ("alice", "s:x/../../y"),
+    ],
 )
 def test_view_paths_that_leave_the_users_view_are_refused(user: str, did: str) -> None:
     with pytest.raises(PermanentError):
@@ -85,7 +98,9 @@ def test_the_user_is_the_broker_validated_one() -> None:
 
 
 def test_accounts_and_lifetimes() -> None:
-    options = StagerOptions(default_lifetime_days=7, max_lifetime_days=30, accounts={"a@x": "alice"})
+    options = StagerOptions(
+        default_lifetime_days=7, max_lifetime_days=30, accounts={"a@x": "alice"}
+    )
     assert stager.account_for("a@x", options.accounts) == "alice"
     assert stager.account_for("bob", options.accounts) == "bob"
     assert stager.lifetime_seconds(None, options) == 7 * 86400
@@ -98,8 +113,14 @@ def test_files_of_overlapping_dids_count_once() -> None:
 
 
 def test_completion_is_told_in_words() -> None:
-    done = RequestCompleted(request_id=uuid4(), user="alice", files_ready=3, files_failed=0,
-                            bytes_ready=3_000_000, duration_s=8.25)
+    done = RequestCompleted(
+        request_id=uuid4(),
+        user="alice",
+        files_ready=3,
+        files_failed=0,
+        bytes_ready=3_000_000,
+        duration_s=8.25,
+    )
     note = notification_for(done)
     assert note.kind == "completed"
     assert note.text == "3 files ready (3.0 MB), 0 failed, in 8.2 s"

@@ -49,8 +49,12 @@ class Vhost:
 
     def add_user(self, user: str, *, tags: str = "") -> None:
         """Create (or reset) a user with rights on this vhost."""
-        self.admin.call("PUT", f"/users/{quote(user, safe='')}", {"password": user, "tags": tags})
-        self.admin.call("PUT", f"/permissions/{quote(self.name, safe='')}/{quote(user, safe='')}", ALL)
+        self.admin.call(
+            "PUT", f"/users/{quote(user, safe='')}", {"password": user, "tags": tags}
+        )
+        self.admin.call(
+            "PUT", f"/permissions/{quote(self.name, safe='')}/{quote(user, safe='')}", ALL
+        )
 
     def get_messages(self, queue: str, count: int = 50) -> list[dict[str, object]]:
         """Take messages off a queue (for inspection: they are consumed)."""
@@ -64,12 +68,18 @@ class Vhost:
         self.admin.call("DELETE", f"/vhosts/{quote(self.name, safe='')}")
 
 
-def create_vhost(admin: Admin, name: str, users: tuple[str, ...] = ("alice", "bob")) -> Vhost:
+def create_vhost(
+    admin: Admin, name: str, users: tuple[str, ...] = ("alice", "bob")
+) -> Vhost:
     """A fresh vhost (recreated if it exists) with the service user and ``users``."""
     vhost = Vhost(admin, name)
-    admin.call("DELETE", f"/vhosts/{quote(name, safe='')}") if _exists(admin, name) else None
+    admin.call("DELETE", f"/vhosts/{quote(name, safe='')}") if _exists(
+        admin, name
+    ) else None
     admin.call("PUT", f"/vhosts/{quote(name, safe='')}")
-    admin.call("PUT", f"/permissions/{quote(name, safe='')}/{quote(admin.user, safe='')}", ALL)
+    admin.call(
+        "PUT", f"/permissions/{quote(name, safe='')}/{quote(admin.user, safe='')}", ALL
+    )
     vhost.add_user(SERVICE_USER, tags="impersonator")
     for user in users:
         vhost.add_user(user)

@@ -80,7 +80,9 @@ def _read_through_cache(url: str, file: LakeFile) -> None:
             raise RuntimeError(f"cannot open {url}: {status.message}")
         status, data = remote.read(timeout=30)
     checksum = f"{zlib.adler32(data):08x}"
-    verdict = "matches Rucio" if checksum == file.adler32 else f"!= Rucio's {file.adler32}"
+    verdict = (
+        "matches Rucio" if checksum == file.adler32 else f"!= Rucio's {file.adler32}"
+    )
     print(f"read {len(data)} bytes through {url}: adler32 {checksum} {verdict}")
 
 
@@ -91,17 +93,26 @@ def run(workdir: Path, n_files: int) -> int:
     vhost = create_vhost(Admin(), VHOST)
     storage = workdir / "rucio" / "storage"
     with _xrootd(workdir, storage) as (origin_port, cache_url):
-        _say("starting Rucio (PostgreSQL, REST, conveyor, judge, hermes -> RabbitMQ STOMP)")
-        settings = RucioStackSettings(workdir=workdir / "rucio", amqp_vhost=VHOST,
-                                      db_name="dlaas_demo", xrootd_port=origin_port)
+        _say(
+            "starting Rucio (PostgreSQL, REST, conveyor, judge, hermes -> RabbitMQ STOMP)"
+        )
+        settings = RucioStackSettings(
+            workdir=workdir / "rucio",
+            amqp_vhost=VHOST,
+            db_name="dlaas_demo",
+            xrootd_port=origin_port,
+        )
         with RucioStack(settings) as stack:
             build_lake(stack)
             files = make_dataset(stack, "user.alice", "ds2", n_files)
             print(f"lake: ORIGIN and NOTEBOOK, dataset user.alice:ds2 of {n_files} files")
             with _mount(workdir, origin_port, rse_dir(stack, NOTEBOOK)) as mount:
                 config = DlaasConfig(
-                    workdir=workdir / "dlaas", amqp_url=vhost.url(),
-                    rucio_host=stack.rucio_host, mount_path=mount, path_begins_at=2,
+                    workdir=workdir / "dlaas",
+                    amqp_url=vhost.url(),
+                    rucio_host=stack.rucio_host,
+                    mount_path=mount,
+                    path_begins_at=2,
                     cache_endpoints=(cache_url,) if cache_url else (),
                 )
                 with DlaasServices(config):
@@ -119,8 +130,12 @@ def _stage_as_alice(url: str) -> int:
     _say(f"as alice: {' '.join(command)}")
     started = time.monotonic()
     dlaas = str(Path(sys.executable).parent / "dlaas")
-    done = subprocess.run([dlaas, *command[1:]], env={**os.environ, "DLAAS_BUS__URL": url},
-                          check=False, timeout=600)
+    done = subprocess.run(
+        [dlaas, *command[1:]],
+        env={**os.environ, "DLAAS_BUS__URL": url},
+        check=False,
+        timeout=600,
+    )
     print(f"(dlaas exited {done.returncode} after {time.monotonic() - started:.1f} s)")
     return done.returncode
 

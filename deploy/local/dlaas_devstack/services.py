@@ -38,8 +38,13 @@ class DlaasConfig:
 
     def env(self) -> dict[str, str]:
         """The environment of every service process (each reads its own part)."""
-        mounts = [{"rse": self.rse, "mount_path": str(self.mount_path),
-                   "path_begins_at": self.path_begins_at}]
+        mounts = [
+            {
+                "rse": self.rse,
+                "mount_path": str(self.mount_path),
+                "path_begins_at": self.path_begins_at,
+            }
+        ]
         return {
             "DLAAS_BUS__URL": self.amqp_url,
             "DLAAS_BUS__RETRY_DELAYS_S": "[0.5, 1, 2, 5]",
@@ -75,8 +80,10 @@ class DlaasServices:
             )
         for child in self.children:
             _proc.wait_until(
-                lambda c=child: "service_started" in c.log_path.read_text(errors="replace")
-                or not c.alive(),
+                lambda c=child: (
+                    "service_started" in c.log_path.read_text(errors="replace")
+                    or not c.alive()
+                ),
                 timeout=timeout,
                 what=f"dlaas {child.name} to start",
             )
