@@ -89,7 +89,7 @@ async def test_a_dataset_staged_in_a_terminal_becomes_ready_files_for_its_user_o
         assert leaked is None, "bob received alice's notification"
     print(f"end to end: {elapsed:.1f} s for {len(files)} files")
     assert code == 0, notes
-    ready = {n["did"]: n for n in notes if n["kind"] == "file-ready"}
+    ready = {str(n["did"]): n for n in notes if n["kind"] == "file-ready"}
     assert sorted(ready) == sorted(f"user.alice:{f.name}" for f in files)
     for file in files:
         note = ready[f"user.alice:{file.name}"]

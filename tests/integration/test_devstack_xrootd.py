@@ -12,7 +12,6 @@ import zlib
 from typing import TYPE_CHECKING, Any
 
 import pytest
-
 from dlaas_devstack import xrootd
 
 if TYPE_CHECKING:
@@ -98,7 +97,9 @@ def _server_checksum(server: xrootd.XRootDServer, path: str) -> str:
     from XRootD import client  # noqa: PLC0415
     from XRootD.client.flags import QueryCode  # noqa: PLC0415
 
-    status, answer = client.FileSystem(server.url).query(QueryCode.CHECKSUM, path, timeout=5)
+    status, answer = client.FileSystem(server.url).query(
+        QueryCode.CHECKSUM, path, timeout=5
+    )
     assert status.ok, status.message
     algorithm, value = answer.rstrip(b"\0").decode().split()
     assert algorithm == "adler32"
@@ -214,7 +215,7 @@ def test_fuse_mount_needs_remount_after_origin_outage(tmp_path, origin, payload)
         assert server.port == origin.port
         time.sleep(1.5)
         with pytest.raises(OSError):  # a mount used during the outage does not recover
-            os.listdir(mount.mountpoint)
+            list(mount.mountpoint.iterdir())
 
         xrootd.unmount(mount)
         mount = xrootd.mount_xrootdfs(source, tmp_path / "mnt")

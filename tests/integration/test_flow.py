@@ -21,7 +21,7 @@ pytestmark = pytest.mark.broker
 
 
 def _bus(url: str) -> BusSettings:
-    return BusSettings(url=url)  # type: ignore[arg-type]
+    return BusSettings.model_validate({"url": url})
 
 
 async def _hermes(
@@ -139,7 +139,7 @@ async def test_request_for_unknown_did_fails_clearly(
     assert "DataIdentifierNotFound" in result.reason
 
 
-BAD = {
+BAD: dict[str, list[tuple[bytes, str | None]]] = {
     "stager.requests": [
         (b"{not json", "rule-requested.v1"),
         (b'{"request_id": "x"}', "rule-requested.v1"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
@@ -62,6 +63,15 @@ class DlaasConfig:
         }
 
 
+def _started(child: _proc.Child) -> Callable[[], bool]:
+    def started() -> bool:
+        return not child.alive() or "service_started" in child.log_path.read_text(
+            errors="replace"
+        )
+
+    return started
+
+
 class DlaasServices:
     """Start the four services (one process each) and stop them, always."""
 
@@ -80,12 +90,7 @@ class DlaasServices:
             )
         for child in self.children:
             _proc.wait_until(
-                lambda c=child: (
-                    "service_started" in c.log_path.read_text(errors="replace")
-                    or not c.alive()
-                ),
-                timeout=timeout,
-                what=f"dlaas {child.name} to start",
+                _started(child), timeout=timeout, what=f"dlaas {child.name} to start"
             )
             if not child.alive():
                 raise RuntimeError(f"{child.name} died:\n{_proc.tail(child.log_path)}")
