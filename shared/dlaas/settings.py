@@ -61,6 +61,12 @@ class ServiceSettings(BaseSettings):
         default=None, description="JSON logs; default: not a tty"
     )
     log_level: str = Field(default="INFO", description="Minimum level logged")
+    http_host: str = Field(
+        default="0.0.0.0", description="Address of /healthz, /readyz, /metrics"
+    )
+    http_port: int | None = Field(
+        default=None, ge=0, le=65535, description="Port of the health server; unset: none"
+    )
     grace_s: float = Field(
         default=10.0, ge=0, description="On SIGTERM, wait this long for messages in hand"
     )

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+import urllib.request
 import uuid
 import zlib
 from pathlib import Path
@@ -33,6 +34,11 @@ async def _spy(
     queue = await channel.declare_queue(exclusive=True)
     await queue.bind(topology.NOTIFY, f"user.{topology.user_segment(user)}.#")
     return queue
+
+
+def _get(port: int, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+        return str(response.read().decode())
 
 
 async def _dlaas(
@@ -66,7 +72,7 @@ async def test_a_dataset_staged_in_a_terminal_becomes_ready_files_for_its_user_o
         path_begins_at=2,
         cache_endpoints=(CACHE,),
     )
-    with DlaasServices(config):
+    with DlaasServices(config) as services:
         bob_connection = await aio_pika.connect(broker.url("bob"))
         bob = await _spy(bob_connection, "bob")
         started = time.monotonic()
@@ -84,6 +90,12 @@ async def test_a_dataset_staged_in_a_terminal_becomes_ready_files_for_its_user_o
         )
         elapsed = time.monotonic() - started
         await asyncio.sleep(1)
+        metrics = {
+            name: _get(port, "/metrics") for name, port in services.http_ports.items()
+        }
+        assert all(
+            _get(port, "/readyz") == "ready\n" for port in services.http_ports.values()
+        )
         leaked = await bob.get(fail=False)
         await bob_connection.close()
         assert leaked is None, "bob received alice's notification"
@@ -99,6 +111,10 @@ async def test_a_dataset_staged_in_a_terminal_becomes_ready_files_for_its_user_o
         view = Path(str(note["path"]))
         assert view == config.views / "alice" / "user.alice" / file.name
         assert f"{zlib.adler32(view.read_bytes()):08x}" == file.adler32
+    assert (
+        'dlaas_messages_total{outcome="ok",queue="stager.requests"' in metrics["stager"]
+    )
+    assert 'queue="fuse_agent.files",type="file-ready.v1"' in metrics["fuse-agent"]
     completed = [n for n in notes if n["kind"] == "completed"]
     assert len(completed) == 1
     assert completed[0]["files_ready"] == 3

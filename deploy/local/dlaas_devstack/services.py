@@ -78,6 +78,9 @@ class DlaasServices:
     def __init__(self, config: DlaasConfig) -> None:
         self.config = config
         self.children: list[_proc.Child] = []
+        self.http_ports: dict[
+            str, int
+        ] = {}  # /healthz, /readyz, /metrics of each service
 
     def start(self, timeout: float = 30.0) -> Self:
         """Spawn every service and wait until each consumes."""
@@ -85,8 +88,16 @@ class DlaasServices:
         env = {**os.environ, **self.config.env()}
         for name in SERVICES:
             log = self.config.workdir / "logs" / f"{name}.log"
+            self.http_ports[name] = _proc.free_port()
+            child_env = {
+                **env,
+                "DLAAS_HTTP_HOST": "127.0.0.1",
+                "DLAAS_HTTP_PORT": str(self.http_ports[name]),
+            }
             self.children.append(
-                _proc.spawn(name, [str(bin_dir / f"dlaas-{name}")], log_path=log, env=env)
+                _proc.spawn(
+                    name, [str(bin_dir / f"dlaas-{name}")], log_path=log, env=child_env
+                )
             )
         for child in self.children:
             _proc.wait_until(

@@ -10,6 +10,7 @@ import structlog
 
 from dlaas.bus.connection import Bus
 from dlaas.bus.consumer import Consumer
+from dlaas.bus.http import HealthServer
 from dlaas.logging import configure_logging
 from dlaas.settings import ServiceSettings
 
@@ -28,14 +29,29 @@ async def serve(name: str, settings: ServiceSettings, build: Build) -> None:
     consumers = await build(bus)
     for consumer in consumers:
         await consumer.start()
-    log.info("service_started", service=name)
+    health = await _health(settings, bus)
+    log.info("service_started", service=name, http_port=health.port if health else None)
     try:
         await stop.wait()
     finally:
         log.info("service_stopping", service=name)
+        if health is not None:
+            await health.stop()
         await asyncio.gather(*(consumer.stop(settings.grace_s) for consumer in consumers))
         await bus.close()
         log.info("service_stopped", service=name)
+
+
+async def _health(settings: ServiceSettings, bus: Bus) -> HealthServer | None:
+    if settings.http_port is None:
+        return None
+
+    async def broker() -> bool:
+        return bus.connected
+
+    server = HealthServer(settings.http_host, settings.http_port, {"broker": broker})
+    await server.start()
+    return server
 
 
 def main(name: str, settings: ServiceSettings, build: Build) -> None:
