@@ -8,6 +8,7 @@ import uuid
 from urllib.parse import urlsplit
 
 import pytest
+
 from dlaas_devstack.broker import Admin, Vhost, create_vhost
 
 

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dlaas_devstack.broker import Vhost
 
+from dlaas_devstack.broker import Vhost
 from tests.broker import need, open_broker
 
 
@@ -43,7 +43,7 @@ def rucio_stack(
     stack = RucioStack(settings)
     started = time.monotonic()
     stack.start()
-    print(f"\n[timing] Rucio stack start-up: {time.monotonic() - started:.1f} s")  # noqa: T201
+    print(f"\n[timing] Rucio stack start-up: {time.monotonic() - started:.1f} s")
     try:
         build_lake(stack)
         yield stack

@@ -37,7 +37,9 @@ async def running_services(
     url: str, tmp: Path, catalog: Catalog, *, retry_delays: tuple[float, ...] = (0.2, 0.5)
 ) -> AsyncIterator[Stack]:
     """All four services consuming, each with its own connection, stopped on exit."""
-    bus_settings = BusSettings.model_validate({"url": url, "retry_delays_s": retry_delays})
+    bus_settings = BusSettings.model_validate(
+        {"url": url, "retry_delays_s": retry_delays}
+    )
     stack = Stack(tmp / "mnt" / "notebook", tmp / "views")
     stager = StagerSettings(
         bus=bus_settings,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import aio_pika
 import pytest
+
 from dlaas.bus import topology
 from dlaas_devstack.broker import Vhost
 from dlaas_devstack.lake import NOTEBOOK, make_dataset, rse_dir

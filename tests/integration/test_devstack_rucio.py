@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import aio_pika
 import pytest
+
 from dlaas_devstack.lake import NOTEBOOK, build_lake, hash_path, make_dataset
 from dlaas_devstack.rucio import RucioStack, amqp_url_for_vhost
 
@@ -25,7 +26,7 @@ CYCLE_TIMEOUT = 120.0
 
 def _report(text: str) -> None:
     """Timings and sample messages go to the terminal (run with -s to see them)."""
-    print(text)  # noqa: T201
+    print(text)
 
 
 @pytest.fixture(scope="module")

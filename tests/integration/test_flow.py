@@ -8,12 +8,12 @@ from pathlib import Path
 
 import aio_pika
 import pytest
+
 from dlaas.bus import topology
 from dlaas.client.api import StageResult, astage
 from dlaas.contracts import Notification
 from dlaas.settings import BusSettings
 from dlaas_devstack.broker import Vhost
-
 from tests.fakes.catalog import FakeCatalog
 from tests.services import CACHE, Stack, running_services
 

@@ -6,6 +6,8 @@ import json
 from uuid import uuid4
 
 import pytest
+from pydantic import ValidationError
+
 from dlaas.contracts import EVENT_TYPES, Did, FileReady, RuleRequested
 from dlaas.contracts.hermes import (
     DatasetLockOk,
@@ -15,7 +17,6 @@ from dlaas.contracts.hermes import (
     TransferQueued,
     parse_payload,
 )
-from pydantic import ValidationError
 
 # Bodies as hermes sent them in the verified local stand-up (../shared/facts/rucio-local.md).
 TRANSFER_DONE = {

@@ -7,6 +7,7 @@ from pathlib import Path
 from uuid import uuid4
 
 import pytest
+
 from dlaas.contracts import RequestCompleted, RuleRequested
 from dlaas.errors import PermanentError
 from dlaas_cache_router.domain import cache_url, choose_cache

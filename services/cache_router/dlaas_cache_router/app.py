@@ -9,7 +9,6 @@ from dlaas.bus.connection import Bus
 from dlaas.bus.consumer import Consumer
 from dlaas.bus.service import main as run_service
 from dlaas.contracts import FileStaged
-
 from dlaas_cache_router.handlers import CacheRouter
 from dlaas_cache_router.settings import CacheRouterSettings
 

@@ -6,10 +6,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
+
 from dlaas.bus.connection import Bus
 from dlaas.bus.consumer import Delivery
 from dlaas.contracts import FileReady, FileStaged
-
 from dlaas_cache_router import domain
 
 log = structlog.get_logger(__name__)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dlaas.settings import ServiceSettings
 from pydantic import BaseModel, ConfigDict, Field
+
+from dlaas.settings import ServiceSettings
 
 
 class CacheOptions(BaseModel):

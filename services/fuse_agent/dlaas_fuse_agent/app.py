@@ -9,7 +9,6 @@ from dlaas.bus.connection import Bus
 from dlaas.bus.consumer import Consumer
 from dlaas.bus.service import main as run_service
 from dlaas.contracts import FileReady
-
 from dlaas_fuse_agent.handlers import FuseAgent
 from dlaas_fuse_agent.settings import FuseAgentSettings
 

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
+
 from dlaas.bus.connection import Bus
 from dlaas.bus.consumer import Delivery
 from dlaas.contracts import FileFailed, FileReady, FileVisible
 from dlaas.errors import PermanentError, TransientError
-
 from dlaas_fuse_agent import domain
 from dlaas_fuse_agent.settings import FuseOptions
 

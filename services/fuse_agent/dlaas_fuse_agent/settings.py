@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dlaas.settings import ServiceSettings
 from pydantic import BaseModel, ConfigDict, Field
+
+from dlaas.settings import ServiceSettings
 
 
 class MountSpec(BaseModel):

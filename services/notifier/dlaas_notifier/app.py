@@ -16,7 +16,6 @@ from dlaas.contracts import (
     RequestFailed,
 )
 from dlaas.settings import ServiceSettings
-
 from dlaas_notifier.handlers import Notifier
 
 REPORTED = (RequestAccepted, FileVisible, FileFailed, RequestCompleted, RequestFailed)

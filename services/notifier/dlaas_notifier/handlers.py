@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import structlog
+
 from dlaas.bus import topology
 from dlaas.bus.connection import Bus
 from dlaas.bus.consumer import Delivery
 from dlaas.contracts import RequestEvent
-
 from dlaas_notifier import domain
 
 log = structlog.get_logger(__name__)

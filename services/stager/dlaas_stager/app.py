@@ -9,7 +9,6 @@ from dlaas.bus.connection import Bus
 from dlaas.bus.consumer import Consumer, Handler
 from dlaas.bus.service import main as run_service
 from dlaas.contracts import FileFailed, FileVisible, RuleRequested
-
 from dlaas_stager.adapters.rucio import RucioCatalog
 from dlaas_stager.handlers import Stager
 from dlaas_stager.ports import Catalog

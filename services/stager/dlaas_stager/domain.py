@@ -6,7 +6,6 @@ from collections.abc import Iterable, Mapping
 
 from dlaas.contracts import RuleRequested
 from dlaas.errors import PermanentError
-
 from dlaas_stager.ports import FileInfo
 from dlaas_stager.settings import StagerOptions
 

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import structlog
+
 from dlaas.bus.connection import Bus
 from dlaas.bus.consumer import Delivery
 from dlaas.contracts import (
@@ -21,11 +22,18 @@ from dlaas.contracts import (
 )
 from dlaas.contracts.hermes import RuleOk, TransferFinished
 from dlaas.errors import PermanentError, TransientError
-
 from dlaas_stager import domain
 from dlaas_stager.ports import Catalog, Replica, RuleSpec
 from dlaas_stager.settings import StagerOptions
-from dlaas_stager.store import FAILED, STAGED, VISIBLE, NewRequest, Store, WaitingFile
+from dlaas_stager.store import (
+    FAILED,
+    PENDING,
+    STAGED,
+    VISIBLE,
+    NewRequest,
+    Store,
+    WaitingFile,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -105,20 +113,25 @@ class Stager:
             replica = replicas.get(file.did)
             if replica is None or not replica.available or replica.pfn is None:
                 continue
-            # publish first: a crash before the state change repeats the event, never loses it
-            await self.bus.publish(
-                FileStaged(
-                    request_id=file.request_id,
-                    user=file.user,
-                    did=file.did,
-                    rse=file.rse,
-                    pfn=replica.pfn,
-                    bytes=replica.bytes,
-                    adler32=replica.adler32,
-                ),
-                correlation_id=file.correlation_id,
-            )
-            await self.store.set_file_state(file.request_id, file.did, STAGED)
+            # claim first: of two handlers racing (transfer-done, rule_ok) one announces it
+            if not await self.store.set_file_state(file.request_id, file.did, STAGED):
+                continue
+            try:
+                await self.bus.publish(
+                    FileStaged(
+                        request_id=file.request_id,
+                        user=file.user,
+                        did=file.did,
+                        rse=file.rse,
+                        pfn=replica.pfn,
+                        bytes=replica.bytes,
+                        adler32=replica.adler32,
+                    ),
+                    correlation_id=file.correlation_id,
+                )
+            except BaseException:
+                await self.store.set_file_state(file.request_id, file.did, PENDING)
+                raise
             log.info(
                 "file_staged", did=file.did, request_id=file.request_id, pfn=replica.pfn
             )

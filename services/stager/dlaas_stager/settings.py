@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dlaas.settings import ServiceSettings
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from dlaas.settings import ServiceSettings
 
 
 class RucioSettings(BaseModel):

@@ -201,7 +201,7 @@ class Store:
     async def set_file_state(
         self, request_id: str, did: str, state: str, *, reason: str | None = None
     ) -> bool:
-        """Move a file forward (never back out of a final state); whether it moved."""
+        """Move a file to ``state`` unless it is there or final; whether it moved (atomic)."""
         async with self.engine.begin() as conn:
             result = await conn.execute(
                 files_t.update()

@@ -61,8 +61,14 @@ class StageResult:
         """Paths of the ready files, for the next cell to open."""
         return [f.path for f in self.ready.values()]
 
-    def apply(self, note: Notification) -> None:
-        """Fold one notification in (repeats change nothing)."""
+    def apply(self, note: Notification) -> bool:
+        """Fold one notification in; False for a repeat (which changes nothing)."""
+        if note.did is not None and (note.did in self.ready or note.did in self.failed):
+            return False
+        if note.kind in ("completed", "failed") and self.completed:
+            return False
+        if note.kind == "accepted" and self.files_total is not None:
+            return False
         if note.kind == "accepted":
             self.files_total = note.files_total
         elif note.kind == "file-ready" and note.did:
@@ -80,6 +86,7 @@ class StageResult:
         elif note.kind == "completed":
             self.completed, self.summary = True, note.text
             self.files_total = (note.files_ready or 0) + (note.files_failed or 0)
+        return True
 
     @property
     def done(self) -> bool:
@@ -111,8 +118,7 @@ async def _collect(
         async for message in messages:
             async with message.process():
                 note = Notification.model_validate_json(message.body)
-            result.apply(note)
-            if on_update is not None:
+            if result.apply(note) and on_update is not None:
                 on_update(note, result)
             if result.done:
                 return

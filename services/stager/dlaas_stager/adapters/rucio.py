@@ -11,9 +11,9 @@ from typing import Any, TypeVar
 import anyio.to_thread
 import requests
 import structlog
+
 from dlaas.bus.metrics import EXTERNAL_CALLS
 from dlaas.errors import PermanentError, TransientError
-
 from dlaas_stager.ports import FileInfo, Replica, RuleSpec
 from dlaas_stager.settings import RucioSettings
 
