@@ -34,7 +34,12 @@ class Stack:
 
 @contextlib.asynccontextmanager
 async def running_services(
-    url: str, tmp: Path, catalog: Catalog, *, retry_delays: tuple[float, ...] = (0.2, 0.5)
+    url: str,
+    tmp: Path,
+    catalog: Catalog,
+    *,
+    retry_delays: tuple[float, ...] = (0.2, 0.5),
+    db_url: str | None = None,
 ) -> AsyncIterator[Stack]:
     """All four services consuming, each with its own connection, stopped on exit."""
     bus_settings = BusSettings.model_validate(
@@ -43,7 +48,11 @@ async def running_services(
     stack = Stack(tmp / "mnt" / "notebook", tmp / "views")
     stager = StagerSettings(
         bus=bus_settings,
-        stager=StagerOptions(db_url=f"sqlite+aiosqlite:///{tmp / 'stager.db'}"),
+        stager=StagerOptions(
+            db_url=db_url or f"sqlite+aiosqlite:///{tmp / 'stager.db'}",
+            watchdog_interval_s=0.5,
+            watchdog_after_s=0,
+        ),
     )
     router = CacheRouterSettings(bus=bus_settings, cache=CacheOptions(endpoints=[CACHE]))
     fuse = FuseAgentSettings(

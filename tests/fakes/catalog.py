@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from dlaas.errors import PermanentError
-from dlaas_stager.ports import FileInfo, Replica, RuleSpec
+from dlaas_stager.ports import FileInfo, Replica, RuleSpec, RuleState
 
 
 @dataclass
@@ -20,6 +20,9 @@ class FakeCatalog:
     )  # (did, rse) -> pfn
     rules: dict[tuple[str, str, str], str] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
+    rule_states: dict[str, str] = field(default_factory=dict)  # rule id -> state (default OK)
+    stuck: set[str] = field(default_factory=set)  # files whose locks are STUCK
+    deleted: list[str] = field(default_factory=list)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def add_dataset(self, did: str, n_files: int, size: int = 100) -> list[FileInfo]:
@@ -70,3 +73,17 @@ class FakeCatalog:
                         info.did, "AVAILABLE", pfn, info.bytes, info.adler32
                     )
         return result
+
+    async def rule_state(self, rule_id: str) -> RuleState:
+        self.calls.append("get_replication_rule")
+        if rule_id in self.deleted or rule_id not in self.rules.values():
+            raise PermanentError(f"Rucio get_replication_rule: RuleNotFound: {rule_id}")
+        return RuleState(rule_id, self.rule_states.get(rule_id, "REPLICATING"), None)
+
+    async def stuck_files(self, rule_id: str) -> list[str]:
+        self.calls.append("list_replica_locks")
+        return sorted(self.stuck)
+
+    async def delete_rule(self, rule_id: str) -> None:
+        self.calls.append("delete_replication_rule")
+        self.deleted.append(rule_id)

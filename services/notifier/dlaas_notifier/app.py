@@ -12,13 +12,21 @@ from dlaas.contracts import (
     FileFailed,
     FileVisible,
     RequestAccepted,
+    RequestCancelled,
     RequestCompleted,
     RequestFailed,
 )
 from dlaas.settings import ServiceSettings
 from dlaas_notifier.handlers import Notifier
 
-REPORTED = (RequestAccepted, FileVisible, FileFailed, RequestCompleted, RequestFailed)
+REPORTED = (
+    RequestAccepted,
+    FileVisible,
+    FileFailed,
+    RequestCompleted,
+    RequestFailed,
+    RequestCancelled,
+)
 
 
 async def build(bus: Bus, _: ServiceSettings) -> Sequence[Consumer]:

@@ -7,6 +7,7 @@ from dlaas.contracts import (
     FileVisible,
     Notification,
     RequestAccepted,
+    RequestCancelled,
     RequestCompleted,
     RequestEvent,
     RequestFailed,
@@ -70,6 +71,13 @@ def notification_for(event: RequestEvent) -> Notification:
                 bytes=event.bytes_ready,
                 text=f"{event.files_ready} files ready ({_size(event.bytes_ready)}), "
                 f"{event.files_failed} failed, in {event.duration_s:.1f} s",
+            )
+        case RequestCancelled():
+            return Notification(
+                **common,
+                kind="cancelled",
+                text=f"request cancelled: {len(event.rules_removed)} rules removed, "
+                f"{len(event.rules_kept)} kept for other requests",
             )
         case RequestFailed():
             return Notification(

@@ -1,4 +1,4 @@
-"""Composition root of the stager: settings, adapters, handlers, queues."""
+"""Composition root of the stager: settings, adapters, handlers, queues, the watchdog."""
 
 from __future__ import annotations
 
@@ -8,51 +8,55 @@ from dlaas.bus import decoders, topology
 from dlaas.bus.connection import Bus
 from dlaas.bus.consumer import Consumer, Handler
 from dlaas.bus.service import main as run_service
-from dlaas.contracts import FileFailed, FileVisible, RuleRequested
+from dlaas.contracts import CancelRequested, FileFailed, FileVisible, RuleRequested
 from dlaas_stager.adapters.rucio import RucioCatalog
+from dlaas_stager.batching import ReplicaBatcher
 from dlaas_stager.handlers import Stager
 from dlaas_stager.ports import Catalog
+from dlaas_stager.rucio_events import RucioEvents
 from dlaas_stager.settings import StagerSettings
+from dlaas_stager.staging import Announcer
 from dlaas_stager.store import Store
+from dlaas_stager.watchdog import Watchdog
 
 
 async def build(
     bus: Bus, settings: StagerSettings, *, catalog: Catalog | None = None
 ) -> Sequence[Consumer]:
     """Wire the stager's consumers (tests pass their own catalog)."""
-    store = Store(settings.stager.db_url)
+    options = settings.stager
+    store = Store(options.db_url)
     await store.init()
     bus.on_close(store.close)
-    stager = Stager(bus, catalog or RucioCatalog(settings.rucio), store, settings.stager)
-    hermes_handlers: dict[str, Handler] = {
-        "transfer-done": stager.on_transfer_done,
-        "transfer-failed": stager.on_transfer_failed,
-        "rule_ok": stager.on_rule_ok,
-        "datasetlock_ok": stager.on_rule_ok,
+    catalog = catalog or RucioCatalog(settings.rucio)
+    announcer = Announcer(bus, store)
+    stager = Stager(bus, catalog, store, announcer, options)
+    rucio = RucioEvents(
+        catalog,
+        store,
+        announcer,
+        ReplicaBatcher(catalog, window_s=options.batch_window_s),
+    )
+    watchdog = Watchdog(
+        catalog, store, announcer, options.watchdog_interval_s, options.watchdog_after_s
+    )
+    watchdog.start()
+    bus.on_close(watchdog.stop)
+    hermes: dict[str, Handler] = {
+        "transfer-done": rucio.on_transfer_done,
+        "transfer-failed": rucio.on_transfer_failed,
+        "rule_ok": rucio.on_rule_ok,
+        "datasetlock_ok": rucio.on_rule_ok,
     }
     return [
-        Consumer(
-            bus,
-            topology.STAGER_REQUESTS,
-            decoders.events(RuleRequested),
-            {RuleRequested.event_type: stager.on_rule_requested},
-        ),
-        Consumer(
-            bus,
-            topology.STAGER_HERMES,
-            decoders.hermes(set(hermes_handlers)),
-            hermes_handlers,
-        ),
-        Consumer(
-            bus,
-            topology.STAGER_PROGRESS,
-            decoders.events(FileVisible, FileFailed),
-            {
-                FileVisible.event_type: stager.on_file_visible,
-                FileFailed.event_type: stager.on_file_failed,
-            },
-        ),
-    ]
+        Consumer(bus, topology.STAGER_REQUESTS, decoders.events(RuleRequested, CancelRequested),
+                 {RuleRequested.event_type: stager.on_rule_requested,
+                  CancelRequested.event_type: stager.on_cancel_requested}),
+        Consumer(bus, topology.STAGER_HERMES, decoders.hermes(set(hermes)), hermes),
+        Consumer(bus, topology.STAGER_PROGRESS, decoders.events(FileVisible, FileFailed),
+                 {FileVisible.event_type: stager.on_file_visible,
+                  FileFailed.event_type: stager.on_file_failed}),
+    ]  # fmt: skip
 
 
 def main() -> None:

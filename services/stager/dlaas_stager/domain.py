@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from dlaas.contracts import RuleRequested
+from dlaas.contracts import RequestEvent
 from dlaas.errors import PermanentError
 from dlaas_stager.ports import FileInfo
 from dlaas_stager.settings import StagerOptions
@@ -12,7 +12,7 @@ from dlaas_stager.settings import StagerOptions
 DAY_S = 86_400
 
 
-def check_user(event: RuleRequested, validated_user: str | None) -> None:
+def check_user(event: RequestEvent, validated_user: str | None) -> None:
     """The requesting user is the broker-validated publisher, never a field anyone can write."""
     if validated_user is None:
         raise PermanentError("stage request without a broker-validated user_id: refused")
@@ -31,6 +31,18 @@ def lifetime_seconds(requested_days: float | None, options: StagerOptions) -> in
     """The rule lifetime: the default when absent, capped at the configured maximum."""
     days = options.default_lifetime_days if requested_days is None else requested_days
     return int(min(days, options.max_lifetime_days) * DAY_S)
+
+
+def activity(requested: str | None, options: StagerOptions) -> str:
+    """The transfer activity: the requested one if allowed, else the default."""
+    if requested is None:
+        return options.activity
+    if options.allowed_activities and requested not in options.allowed_activities:
+        raise PermanentError(
+            f"activity {requested!r} is not allowed here; use one of "
+            f"{', '.join(options.allowed_activities)}"
+        )
+    return requested
 
 
 def unique_files(files_by_did: Mapping[str, Iterable[FileInfo]]) -> list[FileInfo]:

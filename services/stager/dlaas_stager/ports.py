@@ -44,6 +44,15 @@ class RuleSpec:
     grouping: str
 
 
+@dataclass(frozen=True)
+class RuleState:
+    """A rule as Rucio reports it."""
+
+    rule_id: str
+    state: str  # OK, REPLICATING, STUCK, SUSPENDED, ...
+    error: str | None
+
+
 class Catalog(Protocol):
     """Rucio, as the stager uses it."""
 
@@ -57,4 +66,16 @@ class Catalog(Protocol):
 
     async def replicas_at(self, dids: Sequence[str], rse: str) -> dict[str, Replica]:
         """State and root:// PFN at ``rse`` of the files of ``dids``, by file DID."""
+        ...
+
+    async def rule_state(self, rule_id: str) -> RuleState:
+        """The rule's state and error."""
+        ...
+
+    async def stuck_files(self, rule_id: str) -> list[str]:
+        """Files whose lock of this rule is STUCK."""
+        ...
+
+    async def delete_rule(self, rule_id: str) -> None:
+        """Remove the rule (already gone is success)."""
         ...

@@ -45,7 +45,21 @@ class StagerOptions(BaseModel):
         default_factory=dict,
         description="Broker user -> Rucio account; users not listed use their own name",
     )
+    allowed_activities: list[str] = Field(
+        default_factory=list, description="Activities users may ask for; empty: any"
+    )
     grouping: str = Field(default="DATASET", description="Rule grouping")
+    watchdog_interval_s: float = Field(
+        default=30, gt=0, description="How often rules that owe files are re-checked"
+    )
+    watchdog_after_s: float = Field(
+        default=60, ge=0, description="Requests younger than this are not re-checked"
+    )
+    batch_window_s: float = Field(
+        default=0.05,
+        ge=0,
+        description="transfer-done replica checks are batched this long",
+    )
 
 
 class StagerSettings(ServiceSettings):

@@ -7,7 +7,7 @@ handled twice, or by two replicas at once, leaves the same rows.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -48,7 +48,8 @@ rules_t = sa.Table(
 )
 
 PENDING, STAGED, VISIBLE, FAILED = "pending", "staged", "visible", "failed"
-FINAL = (VISIBLE, FAILED)
+CANCELLED = "cancelled"
+FINAL = (VISIBLE, FAILED, CANCELLED)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class NewRequest:
     correlation_id: str | None
     files: Sequence[FileInfo]
     rule_ids: Sequence[str]
+    refused: Mapping[str, str]  # DID -> why Rucio refused it
 
 
 @dataclass(frozen=True)
@@ -245,6 +247,95 @@ class Store:
             by_state,
             ready,
         )
+
+    async def record_reason(self, did: str, rse: str, reason: str) -> None:
+        """Remember why a waiting file's last transfer attempt failed (told if it goes STUCK)."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                files_t.update()
+                .where(
+                    files_t.c.did == did, files_t.c.rse == rse, files_t.c.state == PENDING
+                )
+                .values(reason=reason)
+            )
+
+    async def reasons(self, request_id: str) -> dict[str, str | None]:
+        """The last recorded failure reason of each waiting file of a request."""
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(files_t.c.did, files_t.c.reason).where(
+                        files_t.c.request_id == request_id, files_t.c.state == PENDING
+                    )
+                )
+            ).all()
+        return {str(did): reason for did, reason in rows}
+
+    async def rules_of(self, request_id: str) -> list[str]:
+        """The rules serving a request."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(rules_t.c.rule_id).where(rules_t.c.request_id == request_id)
+            )
+            return [rule_id for (rule_id,) in rows]
+
+    async def rule_needed_elsewhere(self, rule_id: str, request_id: str) -> bool:
+        """Whether a request other than ``request_id``, not cancelled, uses ``rule_id``."""
+        query = (
+            sa.select(sa.func.count())
+            .select_from(
+                rules_t.join(requests_t, requests_t.c.request_id == rules_t.c.request_id)
+            )
+            .where(
+                rules_t.c.rule_id == rule_id,
+                rules_t.c.request_id != request_id,
+                requests_t.c.state != CANCELLED,
+            )
+        )
+        async with self.engine.connect() as conn:
+            return bool((await conn.execute(query)).scalar_one())
+
+    async def rules_waiting_since(self, before: float) -> list[str]:
+        """Rules of requests made before ``before`` that still owe files (for the watchdog)."""
+        query = (
+            sa.select(rules_t.c.rule_id)
+            .distinct()
+            .join(requests_t, requests_t.c.request_id == rules_t.c.request_id)
+            .join(files_t, files_t.c.request_id == rules_t.c.request_id)
+            .where(requests_t.c.created_at < before, files_t.c.state == PENDING)
+        )
+        async with self.engine.connect() as conn:
+            return [rule_id for (rule_id,) in await conn.execute(query)]
+
+    async def cancel(self, request_id: str) -> bool:
+        """Cancel a request and its files that are not final; whether it was active."""
+        async with self.engine.begin() as conn:
+            changed = await conn.execute(
+                requests_t.update()
+                .where(
+                    requests_t.c.request_id == request_id,
+                    requests_t.c.state == "accepted",
+                )
+                .values(state=CANCELLED)
+            )
+            await conn.execute(
+                files_t.update()
+                .where(files_t.c.request_id == request_id, files_t.c.state.not_in(FINAL))
+                .values(state=CANCELLED, reason="cancelled by the user")
+            )
+        return bool(changed.rowcount)
+
+    async def owner(self, request_id: str) -> str | None:
+        """The user who made a request."""
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(requests_t.c.user).where(
+                        requests_t.c.request_id == request_id
+                    )
+                )
+            ).first()
+        return None if row is None else str(row.user)
 
     async def set_request_state(self, request_id: str, state: str) -> bool:
         """Set a request's state once; whether it changed."""

@@ -242,7 +242,7 @@ class Consumer:
         index = min(attempt - 1, len(delays) - 1)
         log.warning("retry_scheduled", reason=reason, delay_s=delays[index])
         copy = self._copy(message, {ATTEMPT_HEADER: attempt + 1, REASON_HEADER: reason})
-        await self.bus.send_to_queue(self.spec.retry(index), copy)
+        await self.bus.send_to_queue(self.spec.retry(delays[index]), copy)
         await message.ack()
 
     async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:

@@ -2,7 +2,7 @@
 
 Work queues are durable quorum queues. A message a handler cannot take goes to ``<queue>.dlq``
 (kept ``dlq_ttl_days``) with the reason in its headers; a transient failure waits in
-``<queue>.retry.<n>`` (one fixed TTL per retry queue: RabbitMQ expires head-first) and comes
+``<queue>.retry.<delay>ms`` (one fixed TTL per retry queue: RabbitMQ expires head-first) and comes
 back to ``<queue>`` through the default exchange.
 """
 
@@ -15,11 +15,13 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustQueue
 
 from dlaas.contracts import (
+    CancelRequested,
     FileFailed,
     FileReady,
     FileStaged,
     FileVisible,
     RequestAccepted,
+    RequestCancelled,
     RequestCompleted,
     RequestFailed,
     RuleRequested,
@@ -44,16 +46,18 @@ class QueueSpec:
         """Dead-letter queue of this queue."""
         return f"{self.name}.dlq"
 
-    def retry(self, index: int) -> str:
-        """Retry queue for the ``index``-th backoff delay."""
-        return f"{self.name}.retry.{index}"
+    def retry(self, delay_s: float) -> str:
+        """Retry queue of one backoff delay (named by it: changing delays adds queues)."""
+        return f"{self.name}.retry.{round(delay_s * 1000)}ms"
 
 
 def _on_events(name: str, *routing_keys: str) -> QueueSpec:
     return QueueSpec(name, tuple((EVENTS, key) for key in routing_keys))
 
 
-STAGER_REQUESTS = _on_events("stager.requests", RuleRequested.routing_key())
+STAGER_REQUESTS = _on_events(
+    "stager.requests", RuleRequested.routing_key(), CancelRequested.routing_key()
+)
 STAGER_HERMES = QueueSpec("stager.hermes", ((HERMES, "#"),))
 STAGER_PROGRESS = _on_events(
     "stager.progress", FileVisible.routing_key(), f"*.{FileFailed.event_type}"
@@ -67,6 +71,7 @@ NOTIFIER_EVENTS = _on_events(
     f"*.{FileFailed.event_type}",
     RequestCompleted.routing_key(),
     RequestFailed.routing_key(),
+    RequestCancelled.routing_key(),
 )
 WORK_QUEUES = (
     STAGER_REQUESTS,
@@ -138,9 +143,9 @@ async def declare_queue(
             settings, {"x-message-ttl": settings.dlq_ttl_days * 86_400_000}
         ),
     )
-    for index, delay in enumerate(settings.retry_delays_s):
+    for delay in settings.retry_delays_s:
         await channel.declare_queue(
-            spec.retry(index),
+            spec.retry(delay),
             durable=True,
             arguments=_quorum(
                 settings,

@@ -81,8 +81,8 @@ class StageResult:
             )
         elif note.kind == "file-failed" and note.did:
             self.failed[note.did] = note.reason or "unknown reason"
-        elif note.kind == "failed":
-            self.reason, self.completed = note.reason, True
+        elif note.kind in ("failed", "cancelled"):
+            self.reason, self.completed = note.reason or note.text, True
         elif note.kind == "completed":
             self.completed, self.summary = True, note.text
             self.files_total = (note.files_ready or 0) + (note.files_failed or 0)

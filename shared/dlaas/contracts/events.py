@@ -31,6 +31,25 @@ class RuleRequested(RequestEvent):
     activity: str | None = Field(default=None, description="Rucio transfer activity")
 
 
+class CancelRequested(RequestEvent):
+    """A user withdraws a stage request (published by the client)."""
+
+    event_type: ClassVar[str] = "cancel-requested.v1"
+    producer: ClassVar[str] = "client"
+
+
+class RequestCancelled(RequestEvent):
+    """The stager stopped a request and removed the rules no other request needs."""
+
+    event_type: ClassVar[str] = "request-cancelled.v1"
+    producer: ClassVar[str] = "stager"
+
+    rules_removed: list[str] = Field(default_factory=list, description="Rules deleted")
+    rules_kept: list[str] = Field(
+        default_factory=list, description="Rules kept because other requests need them"
+    )
+
+
 class RequestAccepted(RequestEvent):
     """The stager created (or found) the rules of a request and knows its files."""
 
@@ -41,6 +60,9 @@ class RequestAccepted(RequestEvent):
     files_total: int = Field(ge=0, description="Files the request resolves to")
     bytes_total: int = Field(ge=0, description="Bytes of those files")
     files_available: int = Field(ge=0, description="Files already at the destination")
+    files_failed: int = Field(
+        default=0, ge=0, description="DIDs refused at once (unknown)"
+    )
     rule_ids: list[str] = Field(
         default_factory=list, description="Rucio rules serving it"
     )
@@ -128,7 +150,15 @@ class CacheMiss(Event):
     )
 
 
-NotificationKind = Literal["accepted", "file-ready", "file-failed", "completed", "failed"]
+NotificationKind = Literal[
+    "accepted",
+    "file-ready",
+    "file-failed",
+    "completed",
+    "failed",
+    "cancelled",
+    "progress",
+]
 
 
 class Notification(RequestEvent):
@@ -157,6 +187,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
     cls.event_type: cls
     for cls in (
         RuleRequested,
+        CancelRequested,
+        RequestCancelled,
         RequestAccepted,
         FileStaged,
         FileReady,

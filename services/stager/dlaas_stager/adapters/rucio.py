@@ -14,7 +14,7 @@ import structlog
 
 from dlaas.bus.metrics import EXTERNAL_CALLS
 from dlaas.errors import PermanentError, TransientError
-from dlaas_stager.ports import FileInfo, Replica, RuleSpec
+from dlaas_stager.ports import FileInfo, Replica, RuleSpec, RuleState
 from dlaas_stager.settings import RucioSettings
 
 log = structlog.get_logger(__name__)
@@ -181,6 +181,33 @@ class RucioCatalog:
                 return str(rule["id"])
         raise TransientError(f"DuplicateRule for {did} but no matching rule found yet")
 
+    async def rule_state(self, rule_id: str) -> RuleState:
+        """State and error of one rule."""
+        rule = await self._call(
+            "get_replication_rule", lambda c: c.get_replication_rule(rule_id)
+        )
+        return RuleState(rule_id, str(rule["state"]), rule.get("error"))
+
+    async def stuck_files(self, rule_id: str) -> list[str]:
+        """Files whose lock of ``rule_id`` is STUCK."""
+        locks = await self._call(
+            "list_replica_locks", lambda c: list(c.list_replica_locks(rule_id))
+        )
+        return sorted(
+            {_lock_did(lock) for lock in locks if str(lock["state"]) == "STUCK"}
+        )
+
+    async def delete_rule(self, rule_id: str) -> None:
+        """Delete a rule; a rule already gone is success."""
+        try:
+            await self._call(
+                "delete_replication_rule",
+                lambda c: c.delete_replication_rule(rule_id, purge_replicas=False),
+            )
+        except PermanentError as exc:
+            if "RuleNotFound" not in str(exc):
+                raise
+
     async def replicas_at(self, dids: Sequence[str], rse: str) -> dict[str, Replica]:
         """AVAILABLE replicas at ``rse`` of the files of ``dids`` (one bulk call)."""
         wanted = [_did_dict(d) for d in dids]
@@ -195,6 +222,10 @@ class RucioCatalog:
         )
         replicas = (_replica(row, rse) for row in rows)
         return {r.did: r for r in replicas}
+
+
+def _lock_did(lock: dict[str, Any]) -> str:
+    return f"{lock['scope']}:{lock['name']}"
 
 
 def _list_files(scope: str, name: str) -> Callable[[Any], list[dict[str, Any]]]:

@@ -1,0 +1,74 @@
+"""Rucio's own events (hermes): transfers and rules become per-file readiness."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import structlog
+
+from dlaas.bus.consumer import Delivery
+from dlaas.contracts.hermes import RuleOk, TransferFinished
+from dlaas.errors import TransientError
+from dlaas_stager.batching import ReplicaBatcher
+from dlaas_stager.ports import Catalog
+from dlaas_stager.staging import Announcer
+from dlaas_stager.store import Store, WaitingFile
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class RucioEvents:
+    """Handlers of the hermes queue. Any order, any repetition: they only move files forward."""
+
+    catalog: Catalog
+    store: Store
+    announcer: Announcer
+    batcher: ReplicaBatcher
+
+    async def on_transfer_done(
+        self, payload: TransferFinished, delivery: Delivery
+    ) -> None:
+        """A transfer finished: stage the file once Rucio has its replica AVAILABLE."""
+        did = f"{payload.scope}:{payload.name}"
+        with structlog.contextvars.bound_contextvars(did=did, rse=payload.dst_rse):
+            waiting = await self.store.waiting_for_file(did, payload.dst_rse)
+            if not waiting:
+                return  # not ours, already staged, or not recorded yet (checked after rules)
+            replica = await self.batcher.replica(did, payload.dst_rse)
+            if replica is not None and replica.available:
+                await self.announcer.stage(waiting, {did: replica})
+                return
+            # the poller reports done before the finisher marks the replica AVAILABLE
+            if not delivery.last_attempt:
+                raise TransientError(
+                    f"replica of {did} not yet AVAILABLE at {payload.dst_rse}"
+                )
+            log.info("left_to_rule_ok", reason="replica still not AVAILABLE")
+
+    async def on_transfer_failed(self, payload: TransferFinished, _: Delivery) -> None:
+        """Rucio retries failed transfers itself; keep the reason to tell if it goes STUCK."""
+        did = f"{payload.scope}:{payload.name}"
+        reason = payload.reason or "transfer failed (Rucio gave no reason)"
+        await self.store.record_reason(did, payload.dst_rse, reason)
+        log.warning("transfer_failed", did=did, rse=payload.dst_rse, reason=reason)
+
+    async def on_rule_ok(self, payload: RuleOk, _: Delivery) -> None:
+        """A rule (or its dataset lock) is OK: stage every file it still owes."""
+        with structlog.contextvars.bound_contextvars(rule_id=payload.rule_id):
+            await stage_rule(payload.rule_id, self.store, self.catalog, self.announcer)
+
+
+async def stage_rule(
+    rule_id: str, store: Store, catalog: Catalog, announcer: Announcer
+) -> int:
+    """Stage the waiting files of a rule that Rucio has AVAILABLE (one call per RSE)."""
+    by_rse: dict[str, list[WaitingFile]] = defaultdict(list)
+    for file in await store.waiting_for_rule(rule_id):
+        by_rse[file.rse].append(file)
+    staged = 0
+    for rse, files in by_rse.items():
+        dids = sorted({f.did for f in files})
+        staged += await announcer.stage(files, await catalog.replicas_at(dids, rse))
+    return staged

@@ -1,0 +1,101 @@
+"""Announcing what became of files and requests: claim in the store, then publish."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import structlog
+
+from dlaas.bus.connection import Bus
+from dlaas.contracts import FileFailed, FileStaged, RequestCompleted
+from dlaas_stager.ports import Replica
+from dlaas_stager.store import (
+    CANCELLED,
+    FAILED,
+    PENDING,
+    STAGED,
+    VISIBLE,
+    Store,
+    WaitingFile,
+)
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Announcer:
+    """Moves files forward in the store and tells the bus, exactly once per move."""
+
+    bus: Bus
+    store: Store
+
+    async def stage(
+        self, waiting: Iterable[WaitingFile], replicas: Mapping[str, Replica]
+    ) -> int:
+        """Publish ``file-staged`` for each waiting file whose replica is AVAILABLE."""
+        staged = 0
+        for file in waiting:
+            replica = replicas.get(file.did)
+            if replica is None or not replica.available or replica.pfn is None:
+                continue
+            # claim first: of two handlers racing (transfer-done, rule_ok) one announces it
+            if not await self.store.set_file_state(file.request_id, file.did, STAGED):
+                continue
+            event = FileStaged(
+                request_id=file.request_id, user=file.user, did=file.did, rse=file.rse,
+                pfn=replica.pfn, bytes=replica.bytes, adler32=replica.adler32,
+            )  # fmt: skip
+            try:
+                await self.bus.publish(event, correlation_id=file.correlation_id)
+            except BaseException:
+                await self.store.set_file_state(file.request_id, file.did, PENDING)
+                raise
+            log.info(
+                "file_staged", did=file.did, request_id=file.request_id, pfn=replica.pfn
+            )
+            staged += 1
+        return staged
+
+    async def fail(self, file: WaitingFile, reason: str) -> None:
+        """Tell the user a file cannot be staged, and why."""
+        if not await self.store.set_file_state(
+            file.request_id, file.did, FAILED, reason=reason
+        ):
+            return
+        event = FileFailed(
+            request_id=file.request_id,
+            user=file.user,
+            did=file.did,
+            reason=reason,
+            stage="rucio",
+        )
+        await self.bus.publish(event, correlation_id=file.correlation_id)
+        log.warning(
+            "file_failed", did=file.did, request_id=file.request_id, reason=reason
+        )
+        await self.check_complete(file.request_id)
+
+    async def check_complete(self, request_id: str) -> None:
+        """Publish ``request-completed`` once every file is visible or failed."""
+        summary = await self.store.summary(request_id)
+        if summary is None or not summary.done or summary.state != "accepted":
+            return
+        event = RequestCompleted(
+            request_id=summary.request_id,
+            user=summary.user,
+            files_ready=summary.by_state.get(VISIBLE, 0),
+            files_failed=summary.by_state.get(FAILED, 0)
+            + summary.by_state.get(CANCELLED, 0),
+            bytes_ready=summary.bytes_ready,
+            duration_s=max(0.0, time.time() - summary.created_at),
+        )
+        if not await self.store.set_request_state(request_id, "completed"):
+            return  # another handler completed it first
+        try:
+            await self.bus.publish(event, correlation_id=summary.correlation_id)
+        except BaseException:
+            await self.store.set_request_state(request_id, "accepted")
+            raise
+        log.info("request_completed", request_id=request_id, files=summary.by_state)
