@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Collection
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dlaas.bus.connection import Bus
@@ -22,14 +22,19 @@ from dlaas_stager.settings import StagerOptions, StagerSettings
 CACHE = "root://127.0.0.1:11095"
 
 
-@dataclass(frozen=True)
+@dataclass
 class Stack:
-    """Where the in-process services keep their files."""
+    """Where the in-process services keep their files; consumers held back on request."""
 
     storage: (
         Path  # what the NOTEBOOK mount shows: storage/<pfn path minus /data/notebook>
     )
     views: Path
+    held: dict[str, Consumer] = field(default_factory=dict)
+
+    async def release(self, queue: str) -> None:
+        """Start a consumer that was held back."""
+        await self.held.pop(queue).start()
 
 
 @contextlib.asynccontextmanager
@@ -40,18 +45,21 @@ async def running_services(
     *,
     retry_delays: tuple[float, ...] = (0.2, 0.5),
     db_url: str | None = None,
+    mount: Path | None = None,
+    hold: Collection[str] = (),
+    watchdog_s: float = 20.0,
 ) -> AsyncIterator[Stack]:
     """All four services consuming, each with its own connection, stopped on exit."""
     bus_settings = BusSettings.model_validate(
         {"url": url, "retry_delays_s": retry_delays}
     )
-    stack = Stack(tmp / "mnt" / "notebook", tmp / "views")
+    stack = Stack(mount or tmp / "mnt" / "notebook", tmp / "views")
     stager = StagerSettings(
         bus=bus_settings,
         stager=StagerOptions(
             db_url=db_url or f"sqlite+aiosqlite:///{tmp / 'stager.db'}",
-            watchdog_interval_s=0.5,
-            watchdog_after_s=0,
+            watchdog_interval_s=watchdog_s,
+            watchdog_after_s=watchdog_s,
         ),
     )
     router = CacheRouterSettings(bus=bus_settings, cache=CacheOptions(endpoints=[CACHE]))
@@ -77,7 +85,10 @@ async def running_services(
         buses.append(bus)
         consumers += await builder(bus)
     for consumer in consumers:
-        await consumer.start()
+        if consumer.spec.name in hold:
+            stack.held[consumer.spec.name] = consumer
+        else:
+            await consumer.start()
     try:
         yield stack
     finally:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,21 +86,9 @@ class DlaasServices:
 
     def start(self, timeout: float = 30.0) -> Self:
         """Spawn every service and wait until each consumes."""
-        bin_dir = Path(sys.executable).parent
-        env = {**os.environ, **self.config.env()}
         for name in SERVICES:
-            log = self.config.workdir / "logs" / f"{name}.log"
             self.http_ports[name] = _proc.free_port()
-            child_env = {
-                **env,
-                "DLAAS_HTTP_HOST": "127.0.0.1",
-                "DLAAS_HTTP_PORT": str(self.http_ports[name]),
-            }
-            self.children.append(
-                _proc.spawn(
-                    name, [str(bin_dir / f"dlaas-{name}")], log_path=log, env=child_env
-                )
-            )
+            self.children.append(self._spawn(name))
         for child in self.children:
             _proc.wait_until(
                 _started(child), timeout=timeout, what=f"dlaas {child.name} to start"
@@ -107,10 +97,35 @@ class DlaasServices:
                 raise RuntimeError(f"{child.name} died:\n{_proc.tail(child.log_path)}")
         return self
 
+    def kill(self, name: str) -> None:
+        """SIGKILL one service, as a crash would (its unacked messages return to the queue)."""
+        child = next(c for c in self.children if c.name == name)
+        child.signal_group(signal.SIGKILL)
+        child.popen.wait()
+
+    def restart(self, name: str, timeout: float = 30.0) -> None:
+        """Start a killed service again, with the same environment and port."""
+        index = next(i for i, c in enumerate(self.children) if c.name == name)
+        old = self.children[index].log_path
+        old.rename(old.with_suffix(f".{int(time.time())}.log"))  # wait for the new start
+        self.children[index] = self._spawn(name)
+        _proc.wait_until(_started(self.children[index]), timeout=timeout, what=f"{name} up")
+
     def stop(self) -> None:
         """SIGTERM, bounded wait, SIGKILL (idempotent)."""
         _proc.stop_all(self.children, grace=15)
         self.children.clear()
+
+    def _spawn(self, name: str) -> _proc.Child:
+        env = {
+            **os.environ,
+            **self.config.env(),
+            "DLAAS_HTTP_HOST": "127.0.0.1",
+            "DLAAS_HTTP_PORT": str(self.http_ports[name]),
+        }
+        log = self.config.workdir / "logs" / f"{name}.log"
+        binary = Path(sys.executable).parent / f"dlaas-{name}"
+        return _proc.spawn(name, [str(binary)], log_path=log, env=env)
 
     def logs(self) -> dict[str, Path]:
         """Log file of each service."""

@@ -69,8 +69,9 @@ class Stager:
         return domain.unique_files(files), refused
 
     async def _accept(self, event: RuleRequested, correlation_id: str | None) -> None:
-        files, refused = await self._resolve(event.dids)
-        dids = [d for d in event.dids if d not in refused]
+        requested = list(dict.fromkeys(event.dids))  # each DID once, in the user's order
+        files, refused = await self._resolve(requested)
+        dids = [d for d in requested if d not in refused]
         spec = RuleSpec(
             dids=dids,
             rse=event.rse,

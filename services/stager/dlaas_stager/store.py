@@ -314,7 +314,7 @@ class Store:
                 requests_t.update()
                 .where(
                     requests_t.c.request_id == request_id,
-                    requests_t.c.state == "accepted",
+                    requests_t.c.state.in_(["accepted", "completed"]),
                 )
                 .values(state=CANCELLED)
             )

@@ -14,7 +14,7 @@ from pydantic_settings import SettingsConfigDict
 
 from dlaas.bus import topology
 from dlaas.bus.connection import Bus
-from dlaas.contracts import Notification, RuleRequested
+from dlaas.contracts import CancelRequested, Notification, RuleRequested
 from dlaas.settings import BusSettings, ServiceSettings
 
 
@@ -113,14 +113,17 @@ async def _collect(
     result: StageResult,
     timeout: float | None,
     on_update: Listener | None,
+    *,
+    until: tuple[str, ...] = (),
 ) -> None:
+    """Fold notifications in until the request is done (or one of the ``until`` kinds)."""
     async with asyncio.timeout(timeout), queue.iterator() as messages:
         async for message in messages:
             async with message.process():
                 note = Notification.model_validate_json(message.body)
             if result.apply(note) and on_update is not None:
                 on_update(note, result)
-            if result.done:
+            if note.kind in until or (not until and result.done):
                 return
 
 
@@ -163,6 +166,25 @@ async def astage(
         await bus.close()
 
 
+async def acancel(
+    request_id: UUID | str, *, timeout: float | None = 60, settings: BusSettings | None = None
+) -> StageResult:
+    """Cancel a request of ours; returns once the stager confirms (rules removed or kept)."""
+    bus_settings = settings or ClientSettings().bus
+    rid = UUID(str(request_id))
+    user = bus_settings.login
+    bus = await Bus(bus_settings, name=f"dlaas-client:{user}", mandatory=True).connect()
+    try:
+        queue = await _listen(bus, user, rid)
+        event = CancelRequested(request_id=rid, user=user)
+        await bus.publish(event, correlation_id=str(rid), user_id=user)
+        result = StageResult(rid)
+        await _collect(queue, result, timeout, None, until=("cancelled",))
+        return result
+    finally:
+        await bus.close()
+
+
 def stage(dids: Sequence[str], **kwargs: object) -> StageResult:
     """Synchronous :func:`astage`, usable in scripts and inside Jupyter's running loop."""
     try:
@@ -173,4 +195,4 @@ def stage(dids: Sequence[str], **kwargs: object) -> StageResult:
         return pool.submit(asyncio.run, astage(dids, **kwargs)).result()  # type: ignore[arg-type]
 
 
-__all__ = ["ClientSettings", "ReadyFile", "StageResult", "astage", "stage"]
+__all__ = ["ClientSettings", "ReadyFile", "StageResult", "acancel", "astage", "stage"]
