@@ -20,7 +20,9 @@ class FakeCatalog:
     )  # (did, rse) -> pfn
     rules: dict[tuple[str, str, str], str] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
-    rule_states: dict[str, str] = field(default_factory=dict)  # rule id -> state (default OK)
+    rule_states: dict[str, str] = field(
+        default_factory=dict
+    )  # rule id -> state (default OK)
     stuck: set[str] = field(default_factory=set)  # files whose locks are STUCK
     deleted: list[str] = field(default_factory=list)
     _ids: itertools.count[int] = field(default_factory=itertools.count)

@@ -7,11 +7,11 @@ test can hold a queue back or count Rucio calls; the end-to-end tests run them a
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
 import json
 import random
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +135,7 @@ async def test_the_same_request_delivered_twice_makes_one_rule_and_one_story(
     await connection.close()
     kinds = [n.kind for n in notes]
     assert kinds.count("completed") == 1, kinds
-    assert sorted(n.did for n in notes if n.kind == "file-ready") == sorted(
+    assert sorted(str(n.did) for n in notes if n.kind == "file-ready") == sorted(
         f"user.alice:{name}.f{i}.dat" for i in range(3)
     )
     assert len(_rules(rucio_stack, "user.alice", name)) == 1
