@@ -181,7 +181,9 @@ async def test_cancel_removes_a_rule_only_when_no_other_request_needs_it(
     # Rucio deletes a rule by making it expire within the hour (not the 7 days it had);
     # its judge-cleaner removes it then
     (expired,) = _rules(rucio_stack, "user.alice", name)
-    assert expired["expires_at"] < datetime.now(UTC).replace(tzinfo=None) + timedelta(hours=2)
+    assert expired["expires_at"] < datetime.now(UTC).replace(tzinfo=None) + timedelta(
+        hours=2
+    )
 
 
 async def test_unknown_dids_and_quota_are_told_clearly(
@@ -247,3 +249,29 @@ async def _record_until_rule_ok(queue: Any, dataset: str) -> list[bytes]:
             if body["event_type"] == "rule_ok" and body["payload"]["name"] == dataset:
                 return bodies
     return bodies
+
+
+async def test_a_rule_that_goes_stuck_is_told_per_file_with_the_reason(
+    broker: Vhost, rucio_stack: RucioStack, tmp_path: Path
+) -> None:
+    name = _name()
+    files = make_dataset(rucio_stack, "user.alice", name, 2, at_destination=False)
+    # no readable source: Rucio's submitter finds none and the locks go STUCK, silently
+    rucio_stack.client().update_replicas_states(
+        "ORIGIN", [{"scope": f.scope, "name": f.name, "state": "U"} for f in files]
+    )
+    async with running_services(
+        broker.url(),
+        tmp_path,
+        _catalog(rucio_stack),
+        mount=rse_dir(rucio_stack, NOTEBOOK),
+        watchdog_s=2,
+    ):
+        result = await _stage(broker, "alice", f"user.alice:{name}")
+    assert result.completed
+    assert not result.ready
+    assert sorted(result.failed) == sorted(f"user.alice:{f.name}" for f in files)
+    for reason in result.failed.values():
+        assert "rule STUCK" in reason
+        assert "no readable copy of the file exists in the lake" in reason
+        assert "NO_SOURCES" in reason

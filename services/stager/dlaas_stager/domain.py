@@ -52,3 +52,20 @@ def unique_files(files_by_did: Mapping[str, Iterable[FileInfo]]) -> list[FileInf
         for info in files:
             seen.setdefault(info.did, info)
     return list(seen.values())
+
+
+# Rucio's terse rule and request errors, in words a user can act on.
+_EXPLAINED = {
+    "NO_SOURCES": "no readable copy of the file exists in the lake",
+    "InsufficientAccountLimit": "your Rucio quota at the destination is exhausted",
+    "InsufficientTargetRSEs": "no storage element matches the destination",
+    "RSE_NOT_AVAILABLE": "the destination storage is unavailable",
+}
+
+
+def explain(reason: str) -> str:
+    """Rucio's reason, with what it means first when we know it."""
+    for code, meaning in _EXPLAINED.items():
+        if code in reason:
+            return f"{meaning} (Rucio: {reason})"
+    return reason

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from dlaas.errors import DlaasError, PermanentError
+from dlaas_stager import domain
 from dlaas_stager.ports import Catalog
 from dlaas_stager.rucio_events import stage_rule
 from dlaas_stager.staging import Announcer
@@ -78,7 +79,9 @@ class Watchdog:
                     why = (
                         reasons.get(file.did) or rule.error or "no reason given by Rucio"
                     )
-                    await self.announcer.fail(file, f"Rucio rule {rule.state}: {why}")
+                    await self.announcer.fail(
+                        file, f"rule {rule.state}: {domain.explain(why)}"
+                    )
 
     async def _fail_all(self, rule_id: str, reason: str) -> None:
         for file in await self.store.waiting_for_rule(rule_id):
