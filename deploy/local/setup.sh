@@ -35,5 +35,7 @@ for _ in $(seq 60); do
 done
 
 command -v uv >/dev/null || python3 -m pip install -q uv
+# the AsyncAPI 3.0 JSON schema, to validate docs/asyncapi.yaml offline
+npm ls -g @asyncapi/specs >/dev/null 2>&1 || npm install -g -s @asyncapi/specs@6.11.1 >/dev/null
 uv sync --all-packages --frozen -q
 echo "setup: ready ($(.venv/bin/python --version), uv $(uv --version | cut -d' ' -f2))"

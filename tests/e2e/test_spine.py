@@ -57,7 +57,8 @@ async def _dlaas(
     out, err = await asyncio.wait_for(process.communicate(), 240)
     assert process.returncode is not None
     print(err.decode(), file=sys.stderr)
-    return process.returncode, [json.loads(line) for line in out.decode().splitlines()]
+    lines = out.decode().splitlines()
+    return process.returncode, [json.loads(x) for x in lines if x.startswith("{")]
 
 
 async def test_a_dataset_staged_in_a_terminal_becomes_ready_files_for_its_user_only(
@@ -91,15 +92,22 @@ async def test_a_dataset_staged_in_a_terminal_becomes_ready_files_for_its_user_o
         )
         elapsed = time.monotonic() - started
         await asyncio.sleep(1)
+        leaked = await bob.get(fail=False)
+        await bob_connection.close()
+        assert leaked is None, "bob received alice's notification"
+        request_id = str(notes[0]["request_id"])
+        status_code, (status,) = await _dlaas("--json", "status", request_id, user="alice",
+                                              broker=broker)  # fmt: skip
+        wait_code, _ = await _dlaas("wait", request_id, user="alice", broker=broker)
+        bob_code, (bobs,) = await _dlaas("--json", "status", request_id, user="bob",
+                                         broker=broker)  # fmt: skip
+        _, inbox = await _dlaas("--json", "inbox", user="alice", broker=broker)
         metrics = {
             name: _get(port, "/metrics") for name, port in services.http_ports.items()
         }
         assert all(
             _get(port, "/readyz") == "ready\n" for port in services.http_ports.values()
         )
-        leaked = await bob.get(fail=False)
-        await bob_connection.close()
-        assert leaked is None, "bob received alice's notification"
     print(f"end to end: {elapsed:.1f} s for {len(files)} files")
     assert code == 0, notes
     ready = {str(n["did"]): n for n in notes if n["kind"] == "file-ready"}
@@ -116,6 +124,15 @@ async def test_a_dataset_staged_in_a_terminal_becomes_ready_files_for_its_user_o
         'dlaas_messages_total{outcome="ok",queue="stager.requests"' in metrics["stager"]
     )
     assert 'queue="fuse_agent.files",type="file-ready.v1"' in metrics["fuse-agent"]
+    assert (status_code, status["state"], status["waiting"]) == (0, "completed", 0)
+    assert sorted(status["ready"].values()) == sorted(
+        str(n["path"]) for n in ready.values()
+    )
+    assert wait_code == 0  # already complete: returns at once
+    assert (bob_code, bobs["reason"]) == (1, "no such request of yours")
+    assert sorted(n["kind"] for n in inbox) == sorted(
+        ["accepted", "file-ready", "file-ready", "file-ready", "completed"]
+    )  # the inbox kept all of it for later; statuses never go there
     completed = [n for n in notes if n["kind"] == "completed"]
     assert len(completed) == 1
     assert completed[0]["files_ready"] == 3

@@ -8,7 +8,13 @@ from dlaas.bus import decoders, topology
 from dlaas.bus.connection import Bus
 from dlaas.bus.consumer import Consumer, Handler
 from dlaas.bus.service import main as run_service
-from dlaas.contracts import CancelRequested, FileFailed, FileVisible, RuleRequested
+from dlaas.contracts import (
+    CancelRequested,
+    FileFailed,
+    FileVisible,
+    RuleRequested,
+    StatusRequested,
+)
 from dlaas_stager.adapters.rucio import RucioCatalog
 from dlaas_stager.batching import ReplicaBatcher
 from dlaas_stager.handlers import Stager
@@ -16,6 +22,7 @@ from dlaas_stager.ports import Catalog
 from dlaas_stager.rucio_events import RucioEvents
 from dlaas_stager.settings import StagerSettings
 from dlaas_stager.staging import Announcer
+from dlaas_stager.status import StatusReporter
 from dlaas_stager.store import Store
 from dlaas_stager.watchdog import Watchdog
 
@@ -49,9 +56,11 @@ async def build(
         "datasetlock_ok": rucio.on_rule_ok,
     }
     return [
-        Consumer(bus, topology.STAGER_REQUESTS, decoders.events(RuleRequested, CancelRequested),
+        Consumer(bus, topology.STAGER_REQUESTS,
+                 decoders.events(RuleRequested, CancelRequested, StatusRequested),
                  {RuleRequested.event_type: stager.on_rule_requested,
-                  CancelRequested.event_type: stager.on_cancel_requested}),
+                  CancelRequested.event_type: stager.on_cancel_requested,
+                  StatusRequested.event_type: StatusReporter(bus, store).on_status_requested}),
         Consumer(bus, topology.STAGER_HERMES, decoders.hermes(set(hermes)), hermes),
         Consumer(bus, topology.STAGER_PROGRESS, decoders.events(FileVisible, FileFailed),
                  {FileVisible.event_type: stager.on_file_visible,

@@ -134,7 +134,10 @@ class Stager:
 
     async def on_file_visible(self, event: FileVisible, _: Delivery) -> None:
         """The user can open the file: count it towards completion."""
-        await self.store.set_file_state(str(event.request_id), event.did, VISIBLE)
+        where = (event.path, event.pfn, event.cache_url)
+        await self.store.set_file_state(
+            str(event.request_id), event.did, VISIBLE, where=where
+        )
         await self.announcer.check_complete(str(event.request_id))
 
     async def on_file_failed(self, event: FileFailed, _: Delivery) -> None:

@@ -38,6 +38,9 @@ files_t = sa.Table(
     sa.Column("adler32", sa.String(8)),
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("reason", sa.Text),
+    sa.Column("path", sa.Text),  # where the user sees it, once visible
+    sa.Column("pfn", sa.Text),
+    sa.Column("cache_url", sa.Text),
     sa.Index("ix_files_did_rse_state", "did", "rse", "state"),
 )
 rules_t = sa.Table(
@@ -88,6 +91,8 @@ class Summary:
     created_at: float
     by_state: dict[str, int]
     bytes_ready: int
+    rse: str
+    bytes_total: int
 
     @property
     def done(self) -> bool:
@@ -201,7 +206,13 @@ class Store:
         return [WaitingFile(*row) for row in rows]
 
     async def set_file_state(
-        self, request_id: str, did: str, state: str, *, reason: str | None = None
+        self,
+        request_id: str,
+        did: str,
+        state: str,
+        *,
+        reason: str | None = None,
+        where: tuple[str, str, str] | None = None,
     ) -> bool:
         """Move a file to ``state`` unless it is there or final; whether it moved (atomic)."""
         async with self.engine.begin() as conn:
@@ -214,6 +225,9 @@ class Store:
                     files_t.c.state != state,
                 )
                 .values(state=state, reason=reason)
+                .values(
+                    **dict(zip(("path", "pfn", "cache_url"), where or (), strict=False))
+                )
             )
         return bool(result.rowcount)
 
@@ -238,15 +252,11 @@ class Store:
             ).all()
         by_state = {state: int(n) for state, n, _ in counts}
         ready = sum(int(b or 0) for state, _, b in counts if state == VISIBLE)
+        total = sum(int(b or 0) for _, _, b in counts)
         return Summary(
-            request_id,
-            req.user,
-            req.correlation_id,
-            req.state,
-            req.created_at,
-            by_state,
-            ready,
-        )
+            request_id, req.user, req.correlation_id, req.state, req.created_at,
+            by_state, ready, req.rse, total,
+        )  # fmt: skip
 
     async def record_reason(self, did: str, rse: str, reason: str) -> None:
         """Remember why a waiting file's last transfer attempt failed (told if it goes STUCK)."""
@@ -324,6 +334,19 @@ class Store:
                 .values(state=CANCELLED, reason="cancelled by the user")
             )
         return bool(changed.rowcount)
+
+    async def file_rows(
+        self, request_id: str, limit: int
+    ) -> list[sa.Row[tuple[object, ...]]]:
+        """A request's files with their state, where and why (the first ``limit``)."""
+        query = (
+            sa.select(files_t)
+            .where(files_t.c.request_id == request_id)
+            .order_by(files_t.c.did)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(query)).all())
 
     async def owner(self, request_id: str) -> str | None:
         """The user who made a request."""

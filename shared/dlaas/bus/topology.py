@@ -25,6 +25,7 @@ from dlaas.contracts import (
     RequestCompleted,
     RequestFailed,
     RuleRequested,
+    StatusRequested,
 )
 from dlaas.settings import BusSettings
 
@@ -56,7 +57,10 @@ def _on_events(name: str, *routing_keys: str) -> QueueSpec:
 
 
 STAGER_REQUESTS = _on_events(
-    "stager.requests", RuleRequested.routing_key(), CancelRequested.routing_key()
+    "stager.requests",
+    RuleRequested.routing_key(),
+    CancelRequested.routing_key(),
+    StatusRequested.routing_key(),
 )
 STAGER_HERMES = QueueSpec("stager.hermes", ((HERMES, "#"),))
 STAGER_PROGRESS = _on_events(
@@ -91,6 +95,11 @@ def user_segment(user: str) -> str:
 def notify_routing_key(user: str, request_id: str) -> str:
     """Routing key of a notification for ``user`` about ``request_id``."""
     return f"user.{user_segment(user)}.{request_id}"
+
+
+def status_routing_key(user: str, request_id: str) -> str:
+    """Routing key of a status report: four words, so the inbox (three) never keeps it."""
+    return f"{notify_routing_key(user, request_id)}.status"
 
 
 def inbox(user: str) -> QueueSpec:

@@ -14,7 +14,13 @@ from pydantic_settings import SettingsConfigDict
 
 from dlaas.bus import topology
 from dlaas.bus.connection import Bus
-from dlaas.contracts import CancelRequested, Notification, RuleRequested
+from dlaas.contracts import (
+    CancelRequested,
+    Notification,
+    RequestStatus,
+    RuleRequested,
+    StatusRequested,
+)
 from dlaas.settings import BusSettings, ServiceSettings
 
 
@@ -88,6 +94,23 @@ class StageResult:
             self.files_total = (note.files_ready or 0) + (note.files_failed or 0)
         return True
 
+    def apply_status(self, status: RequestStatus) -> None:
+        """Fold a status report in: what is ready and failed so far."""
+        if status.state == "unknown":
+            self.reason, self.completed = "no such request of yours", True
+            return
+        self.files_total = status.files_total
+        for entry in status.ready:
+            self.ready.setdefault(entry.did, ReadyFile(
+                entry.did, entry.path or "", entry.pfn or "", entry.cache_url or "", entry.bytes
+            ))  # fmt: skip
+        for did, reason in status.failed.items():
+            self.failed.setdefault(did, reason)
+        if status.state in ("completed", "cancelled", "failed"):
+            self.completed = True
+            if status.state != "completed":
+                self.reason = self.reason or f"request {status.state}"
+
     @property
     def done(self) -> bool:
         """Nothing more to wait for (completion seen and every file accounted for)."""
@@ -103,8 +126,9 @@ Listener = Callable[[Notification, StageResult], None]
 async def _listen(bus: Bus, user: str, request_id: UUID) -> AbstractQueue:
     """A private queue for this request's notifications, bound before the request is sent."""
     queue = await bus.channel.declare_queue(exclusive=True, auto_delete=True)
+    # "#": the request's notifications (three words) and its status reports (four)
     routing_key = topology.notify_routing_key(user, str(request_id))
-    await queue.bind(topology.NOTIFY, routing_key)
+    await queue.bind(topology.NOTIFY, f"{routing_key}.#")
     return queue
 
 
@@ -120,6 +144,11 @@ async def _collect(
     async with asyncio.timeout(timeout), queue.iterator() as messages:
         async for message in messages:
             async with message.process():
+                if message.type == RequestStatus.event_type:
+                    result.apply_status(RequestStatus.model_validate_json(message.body))
+                    if result.done or "status" in until:
+                        return
+                    continue
                 note = Notification.model_validate_json(message.body)
             if result.apply(note) and on_update is not None:
                 on_update(note, result)
@@ -167,7 +196,10 @@ async def astage(
 
 
 async def acancel(
-    request_id: UUID | str, *, timeout: float | None = 60, settings: BusSettings | None = None
+    request_id: UUID | str,
+    *,
+    timeout: float | None = 60,
+    settings: BusSettings | None = None,
 ) -> StageResult:
     """Cancel a request of ours; returns once the stager confirms (rules removed or kept)."""
     bus_settings = settings or ClientSettings().bus
@@ -185,6 +217,66 @@ async def acancel(
         await bus.close()
 
 
+async def _ask(
+    event: CancelRequested | StatusRequested,
+    settings: BusSettings,
+    *,
+    until: tuple[str, ...],
+    timeout: float | None,
+    on_update: Listener | None = None,
+) -> StageResult:
+    """Publish a request about an existing stage request and fold in what comes back."""
+    bus = await Bus(settings, name=f"dlaas-client:{event.user}", mandatory=True).connect()
+    try:
+        queue = await _listen(bus, event.user, event.request_id)
+        await bus.publish(event, correlation_id=str(event.request_id), user_id=event.user)
+        result = StageResult(event.request_id)
+        await _collect(queue, result, timeout, on_update, until=until)
+        return result
+    finally:
+        await bus.close()
+
+
+async def astatus(
+    request_id: UUID | str,
+    *,
+    timeout: float | None = 30,
+    settings: BusSettings | None = None,
+) -> StageResult:
+    """Where a request of ours stands: what is ready (with paths), failed, still waiting."""
+    bus_settings = settings or ClientSettings().bus
+    event = StatusRequested(request_id=UUID(str(request_id)), user=bus_settings.login)
+    return await _ask(event, bus_settings, until=("status",), timeout=timeout)
+
+
+async def await_request(
+    request_id: UUID | str,
+    *,
+    timeout: float | None = None,
+    settings: BusSettings | None = None,
+    on_update: Listener | None = None,
+) -> StageResult:
+    """Wait for an existing request: what is ready now, then each file as it becomes ready."""
+    bus_settings = settings or ClientSettings().bus
+    event = StatusRequested(request_id=UUID(str(request_id)), user=bus_settings.login)
+    return await _ask(event, bus_settings, until=(), timeout=timeout, on_update=on_update)
+
+
+async def ainbox(*, settings: BusSettings | None = None) -> list[Notification]:
+    """Everything sent to us while we were away (the inbox is emptied as it is read)."""
+    bus_settings = settings or ClientSettings().bus
+    bus = await Bus(bus_settings, name=f"dlaas-client:{bus_settings.login}").connect()
+    notes: list[Notification] = []
+    try:
+        queue = await bus.channel.get_queue(topology.inbox(bus_settings.login).name)
+        while (message := await queue.get(fail=False)) is not None:
+            async with message.process():
+                notes.append(Notification.model_validate_json(message.body))
+    finally:
+        await bus.close()
+    return notes
+
+
 def stage(dids: Sequence[str], **kwargs: object) -> StageResult:
     """Synchronous :func:`astage`, usable in scripts and inside Jupyter's running loop."""
     try:
@@ -195,4 +287,14 @@ def stage(dids: Sequence[str], **kwargs: object) -> StageResult:
         return pool.submit(asyncio.run, astage(dids, **kwargs)).result()  # type: ignore[arg-type]
 
 
-__all__ = ["ClientSettings", "ReadyFile", "StageResult", "acancel", "astage", "stage"]
+__all__ = [
+    "ClientSettings",
+    "ReadyFile",
+    "StageResult",
+    "acancel",
+    "ainbox",
+    "astage",
+    "astatus",
+    "await_request",
+    "stage",
+]

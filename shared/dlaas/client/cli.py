@@ -1,4 +1,4 @@
-"""``dlaas``: stage DIDs from a terminal and watch them become ready."""
+"""``dlaas``: stage DIDs from a terminal, watch them become ready, ask where a request stands."""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Never, TextIO
 
 import aiormq.exceptions
 from aio_pika.exceptions import AMQPError, DeliveryError
 from tqdm.auto import tqdm
 
-from dlaas.client.api import ClientSettings, StageResult, astage
+from dlaas.client import api
+from dlaas.client.api import ClientSettings, StageResult
 from dlaas.contracts import Notification
 from dlaas.logging import configure_logging
 
@@ -22,7 +23,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
 
 
 class _Printer:
-    """Prints one line per file (or one JSON object with ``--json``) and a progress bar."""
+    """One line per file (one JSON object with ``--json``), a progress bar on a terminal."""
 
     def __init__(self, *, as_json: bool, out: TextIO) -> None:
         self.as_json = as_json
@@ -34,34 +35,37 @@ class _Printer:
         if self.as_json:
             print(note.model_dump_json(), file=self.out, flush=True)
             return
-        if note.kind == "accepted" and self.show_bar:
-            self.bar = tqdm(
-                total=note.files_total, unit="file", desc="staging", file=sys.stderr
-            )
-        line = self._line(note)
+        if note.kind == "accepted" and self.show_bar and note.bytes:
+            self.bar = tqdm(total=note.bytes, unit="B", unit_scale=True, desc="staging",
+                            file=sys.stderr)  # fmt: skip
+        line = _line(note)
         if line:
             (self.bar.write if self.bar else print)(line, file=self.out)
         if self.bar is not None:
-            self.bar.n = len(result.ready) + len(result.failed)
-            self.bar.refresh()
-
-    @staticmethod
-    def _line(note: Notification) -> str | None:
-        if note.kind == "file-ready":
-            return f"ready   {note.did}  {note.path}  {note.cache_url}"
-        if note.kind == "file-failed":
-            return f"FAILED  {note.did}  {note.reason}"
-        if note.kind in ("accepted", "completed", "failed"):
-            return note.text
-        return None
+            self.bar.n = sum(f.bytes for f in result.ready.values())
+            files = len(result.ready) + len(result.failed)
+            self.bar.set_postfix_str(f"{files}/{result.files_total} files", refresh=True)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
 
 
+def _line(note: Notification) -> str | None:
+    if note.kind == "file-ready":
+        return f"ready   {note.did}  {note.path}  {note.cache_url}"
+    if note.kind == "file-failed":
+        return f"FAILED  {note.did}  {note.reason}"
+    return (
+        note.text
+        if note.kind in ("accepted", "completed", "failed", "cancelled")
+        else None
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dlaas", description=__doc__)
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
     commands = parser.add_subparsers(dest="command", required=True)
     stage = commands.add_parser("stage", help="make DIDs available at the notebook's RSE")
     stage.add_argument("dids", nargs="+", metavar="SCOPE:NAME")
@@ -70,79 +74,177 @@ def _parser() -> argparse.ArgumentParser:
     stage.add_argument(
         "--wait", action="store_true", help="wait until every file is ready"
     )
-    stage.add_argument(
-        "--timeout", type=float, help="give up waiting after this many seconds"
+    for name, text in (("wait", "wait for a request"), ("status", "where a request stands"),
+                       ("cancel", "cancel a request")):  # fmt: skip
+        command = commands.add_parser(name, help=text)
+        command.add_argument("request_id", metavar="REQUEST")
+    for command in (stage, commands.choices["wait"]):
+        command.add_argument("--timeout", type=float, help="stop waiting after SECONDS")
+    commands.add_parser("inbox", help="notifications sent while you were away")
+    config = commands.add_parser(
+        "config", help="the effective configuration, secrets masked"
     )
-    stage.add_argument("--json", action="store_true", help="one JSON object per line")
+    config.add_argument(
+        "service",
+        nargs="?",
+        default="client",
+        choices=["client", "stager", "cache-router", "fuse-agent", "notifier"],
+    )
+    for command in commands.choices.values():
+        command.add_argument(
+            "--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
     return parser
 
 
-def _exit_code(result: StageResult) -> int:
-    return EXIT_OK if result.ok or not result.completed else EXIT_FAILED
+def _summary(result: StageResult, started: float, out: TextIO) -> int:
+    print(f"done: {len(result.ready)} ready, {len(result.failed)} failed"
+          f"{', ' + result.reason if result.reason else ''} in "
+          f"{time.monotonic() - started:.1f} s", file=out)  # fmt: skip
+    return EXIT_OK if result.ok else EXIT_FAILED
 
 
-def run_stage(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    """Run ``dlaas stage``; the exit code."""
-    settings = ClientSettings()
+async def _stage(
+    args: argparse.Namespace, settings: ClientSettings, printer: _Printer
+) -> int:
     rse = args.rse or settings.rse
     if not rse:
         print("dlaas: no destination: pass --rse or set DLAAS_RSE", file=sys.stderr)
         return EXIT_USAGE
-    printer = _Printer(as_json=args.json, out=out)
     started = time.monotonic()
-    try:
-        result = asyncio.run(
-            astage(
-                args.dids,
-                rse=rse,
-                lifetime_days=args.lifetime_days,
-                wait=args.wait,
-                timeout=args.timeout,
-                settings=settings.bus,
-                on_update=printer,
+    result = await api.astage(args.dids, rse=rse, lifetime_days=args.lifetime_days,
+                              wait=args.wait, timeout=args.timeout, settings=settings.bus,
+                              on_update=printer)  # fmt: skip
+    if not args.wait:
+        text = (
+            json.dumps({"request_id": str(result.request_id)})
+            if args.json
+            else (
+                f"request {result.request_id} sent; follow it with: dlaas wait {result.request_id}"
             )
         )
+        print(text, file=printer.out)
+        return EXIT_OK
+    return (
+        EXIT_OK
+        if args.json and result.ok
+        else (EXIT_FAILED if args.json else _summary(result, started, printer.out))
+    )
+
+
+async def _wait(
+    args: argparse.Namespace, settings: ClientSettings, printer: _Printer
+) -> int:
+    started = time.monotonic()
+    result = await api.await_request(args.request_id, timeout=args.timeout,
+                                     settings=settings.bus, on_update=printer)  # fmt: skip
+    for ready in result.ready.values():  # what was ready before we started to wait
+        printer(
+            Notification(
+                request_id=result.request_id,
+                user=settings.bus.login,
+                kind="file-ready",
+                text="",
+                did=ready.did,
+                path=ready.path,
+                cache_url=ready.cache_url,
+                source_event_id="status",
+            ),
+            result,
+        )
+    return (
+        _summary(result, started, printer.out)
+        if not args.json
+        else (EXIT_OK if result.ok else EXIT_FAILED)
+    )
+
+
+async def _status(args: argparse.Namespace, settings: ClientSettings, out: TextIO) -> int:
+    result = await api.astatus(args.request_id, settings=settings.bus)
+    waiting = (result.files_total or 0) - len(result.ready) - len(result.failed)
+    state = "completed" if result.completed else "in progress"
+    if args.json:
+        print(json.dumps({"request_id": str(result.request_id), "state": state,
+                          "reason": result.reason, "files_total": result.files_total,
+                          "ready": {d: f.path for d, f in result.ready.items()},
+                          "failed": result.failed, "waiting": waiting}), file=out)  # fmt: skip
+    else:
+        print(f"{result.request_id}: {result.reason or state}, {len(result.ready)} ready, "
+              f"{len(result.failed)} failed, {waiting} waiting", file=out)  # fmt: skip
+        for did, reason in result.failed.items():
+            print(f"FAILED  {did}  {reason}", file=out)
+    return EXIT_FAILED if result.reason else EXIT_OK
+
+
+async def _cancel(args: argparse.Namespace, settings: ClientSettings, out: TextIO) -> int:
+    result = await api.acancel(args.request_id, settings=settings.bus)
+    print(
+        json.dumps({"cancelled": result.reason}) if args.json else result.reason, file=out
+    )
+    return EXIT_OK
+
+
+async def _inbox(args: argparse.Namespace, settings: ClientSettings, out: TextIO) -> int:
+    notes = await api.ainbox(settings=settings.bus)
+    for note in notes:
+        print(
+            note.model_dump_json()
+            if args.json
+            else f"{note.occurred_at:%Y-%m-%d %H:%M}  {note.request_id}  {note.text}",
+            file=out,
+        )
+    if not notes and not args.json:
+        print("inbox empty", file=out)
+    return EXIT_OK
+
+
+def _config(args: argparse.Namespace, out: TextIO) -> int:
+    from dlaas.config_dump import effective_config, settings_class  # noqa: PLC0415
+
+    print(
+        json.dumps(effective_config(settings_class(args.service)()), indent=2), file=out
+    )
+    return EXIT_OK
+
+
+def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    """Run one command; its exit code (errors say what to do)."""
+    if args.command == "config":
+        return _config(args, out)
+    settings = ClientSettings()
+    printer = _Printer(as_json=args.json, out=out)
+    commands: dict[str, Callable[[], Coroutine[None, None, int]]] = {
+        "stage": lambda: _stage(args, settings, printer),
+        "wait": lambda: _wait(args, settings, printer),
+        "status": lambda: _status(args, settings, out),
+        "cancel": lambda: _cancel(args, settings, out),
+        "inbox": lambda: _inbox(args, settings, out),
+    }
+    try:
+        return asyncio.run(commands[args.command]())
     except TimeoutError:
         print(
-            f"dlaas: still waiting after {args.timeout} s; the request goes on",
+            "dlaas: still waiting; the request goes on (dlaas wait REQUEST)",
             file=sys.stderr,
         )
         return EXIT_TIMEOUT
     except DeliveryError:
-        print(
-            "dlaas: no stager takes requests on this broker: is dlaas running?",
-            file=sys.stderr,
-        )
+        print("dlaas: no stager takes requests on this broker: is dlaas running?",
+              file=sys.stderr)  # fmt: skip
         return EXIT_UNREACHABLE
     except (OSError, AMQPError, aiormq.exceptions.AMQPError) as exc:
-        print(
-            f"dlaas: cannot reach the broker at {settings.bus.display_url}: {exc}",
-            file=sys.stderr,
-        )
+        print(f"dlaas: cannot reach the broker at {settings.bus.display_url} ({exc}); "
+              "check DLAAS_BUS__URL and your credentials", file=sys.stderr)  # fmt: skip
         return EXIT_UNREACHABLE
     finally:
         printer.close()
-    if not args.wait:
-        print(
-            json.dumps({"request_id": str(result.request_id)})
-            if args.json
-            else f"request {result.request_id} sent",
-            file=out,
-        )
-        return EXIT_OK
-    if not args.json:
-        print(
-            f"done: {len(result.ready)} ready, {len(result.failed)} failed "
-            f"in {time.monotonic() - started:.1f} s",
-            file=out,
-        )
-    return _exit_code(result)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``dlaas``."""
     args = _parser().parse_args(argv)
     configure_logging(json=False, level="WARNING")  # stdout is for results only
-    code = run_stage(args)
-    sys.exit(code) if argv is None else None
+    code = run(args)
+    if argv is None:
+        sys.exit(code)
     return code

@@ -10,11 +10,14 @@ from dlaas.contracts.events import (
     FileStaged,
     FileVisible,
     Notification,
+    ReadyEntry,
     RequestAccepted,
     RequestCancelled,
     RequestCompleted,
     RequestFailed,
+    RequestStatus,
     RuleRequested,
+    StatusRequested,
 )
 
 __all__ = [
@@ -28,10 +31,13 @@ __all__ = [
     "FileStaged",
     "FileVisible",
     "Notification",
+    "ReadyEntry",
     "RequestAccepted",
     "RequestCancelled",
     "RequestCompleted",
     "RequestEvent",
     "RequestFailed",
+    "RequestStatus",
     "RuleRequested",
+    "StatusRequested",
 ]

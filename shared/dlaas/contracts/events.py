@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from dlaas.contracts.base import DidStr, Event, RequestEvent
 
@@ -47,6 +47,49 @@ class RequestCancelled(RequestEvent):
     rules_removed: list[str] = Field(default_factory=list, description="Rules deleted")
     rules_kept: list[str] = Field(
         default_factory=list, description="Rules kept because other requests need them"
+    )
+
+
+class StatusRequested(RequestEvent):
+    """A user asks where a request stands (published by the client)."""
+
+    event_type: ClassVar[str] = "status-requested.v1"
+    producer: ClassVar[str] = "client"
+
+
+class ReadyEntry(BaseModel):
+    """A ready file in a status report."""
+
+    model_config = ConfigDict(frozen=True)
+
+    did: str = Field(description="The file")
+    path: str | None = Field(default=None, description="Where the user opens it")
+    pfn: str | None = Field(default=None, description="root:// PFN at the destination")
+    cache_url: str | None = Field(default=None, description="URL through XCache")
+    bytes: int = Field(default=0, ge=0, description="File size")
+
+
+class RequestStatus(RequestEvent):
+    """Where a request stands, sent to its user only (routing key ``user.<u>.<id>.status``)."""
+
+    event_type: ClassVar[str] = "request-status.v1"
+    producer: ClassVar[str] = "stager"
+
+    state: Literal["accepted", "completed", "cancelled", "failed", "unknown"] = Field(
+        description="The request's state; unknown also for someone else's request"
+    )
+    rse: str | None = Field(default=None, description="Destination RSE")
+    files_total: int = Field(default=0, ge=0, description="Files of the request")
+    files_waiting: int = Field(default=0, ge=0, description="Not yet at the destination")
+    files_ready: int = Field(default=0, ge=0, description="Files the user can open")
+    files_failed: int = Field(default=0, ge=0, description="Files that failed")
+    bytes_total: int = Field(default=0, ge=0, description="Bytes of the request")
+    bytes_ready: int = Field(default=0, ge=0, description="Bytes the user can open")
+    ready: list[ReadyEntry] = Field(
+        default_factory=list, description="Ready files (the first 10,000)"
+    )
+    failed: dict[str, str] = Field(
+        default_factory=dict, description="Failed files and why (the first 10,000)"
     )
 
 
@@ -189,6 +232,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         RuleRequested,
         CancelRequested,
         RequestCancelled,
+        StatusRequested,
+        RequestStatus,
         RequestAccepted,
         FileStaged,
         FileReady,
