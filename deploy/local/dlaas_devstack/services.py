@@ -109,7 +109,9 @@ class DlaasServices:
         old = self.children[index].log_path
         old.rename(old.with_suffix(f".{int(time.time())}.log"))  # wait for the new start
         self.children[index] = self._spawn(name)
-        _proc.wait_until(_started(self.children[index]), timeout=timeout, what=f"{name} up")
+        _proc.wait_until(
+            _started(self.children[index]), timeout=timeout, what=f"{name} up"
+        )
 
     def stop(self) -> None:
         """SIGTERM, bounded wait, SIGKILL (idempotent)."""

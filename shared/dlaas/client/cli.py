@@ -92,7 +92,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     for command in commands.choices.values():
         command.add_argument(
-            "--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+            "--json",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help=argparse.SUPPRESS,
         )
     return parser
 
