@@ -125,12 +125,12 @@ async def test_a_dataset_staged_in_a_terminal_becomes_ready_files_for_its_user_o
     )
     assert 'queue="fuse_agent.files",type="file-ready.v1"' in metrics["fuse-agent"]
     assert (status_code, status["state"], status["waiting"]) == (0, "completed", 0)
-    assert sorted(status["ready"].values()) == sorted(
-        str(n["path"]) for n in ready.values()
-    )
+    paths = status["ready"]
+    assert isinstance(paths, dict)
+    assert sorted(paths.values()) == sorted(str(n["path"]) for n in ready.values())
     assert wait_code == 0  # already complete: returns at once
     assert (bob_code, bobs["reason"]) == (1, "no such request of yours")
-    assert sorted(n["kind"] for n in inbox) == sorted(
+    assert sorted(str(n["kind"]) for n in inbox) == sorted(
         ["accepted", "file-ready", "file-ready", "file-ready", "completed"]
     )  # the inbox kept all of it for later; statuses never go there
     completed = [n for n in notes if n["kind"] == "completed"]

@@ -89,3 +89,8 @@ class FakeCatalog:
     async def delete_rule(self, rule_id: str) -> None:
         self.calls.append("delete_replication_rule")
         self.deleted.append(rule_id)
+
+    async def register_replica(self, rse: str, file: FileInfo, pfn: str) -> None:
+        self.calls.append("add_replicas")
+        self.contents.setdefault(file.did, [file])
+        self.available[file.did, rse] = pfn

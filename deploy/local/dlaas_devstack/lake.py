@@ -23,7 +23,10 @@ log = structlog.get_logger(__name__)
 
 ORIGIN = "ORIGIN"
 NOTEBOOK = "NOTEBOOK"
-RSES = (ORIGIN, NOTEBOOK)
+SCRATCH = (
+    "SCRATCH"  # a notebook's scratch area: non-deterministic, files keep their paths
+)
+RSES = (ORIGIN, NOTEBOOK, SCRATCH)
 CHUNK = 1000  # files per add_replicas / attach_dids call
 
 
@@ -133,7 +136,7 @@ def _chunks(files: list[LakeFile]) -> Iterator[list[LakeFile]]:
 
 
 def _add_rse(client: Any, rse: str, port: int) -> None:  # noqa: ANN401  # untyped rucio Client
-    _ignore_duplicate(client.add_rse, rse, deterministic=True)
+    _ignore_duplicate(client.add_rse, rse, deterministic=rse != SCRATCH)
     for protocol in _protocols(rse, port):
         _ignore_duplicate(client.add_protocol, rse, protocol)
 

@@ -12,6 +12,7 @@ from dlaas.contracts import (
     CancelRequested,
     FileFailed,
     FileVisible,
+    PublishRequested,
     RuleRequested,
     StatusRequested,
 )
@@ -57,10 +58,12 @@ async def build(
     }
     return [
         Consumer(bus, topology.STAGER_REQUESTS,
-                 decoders.events(RuleRequested, CancelRequested, StatusRequested),
+                 decoders.events(RuleRequested, CancelRequested, StatusRequested,
+                                 PublishRequested),
                  {RuleRequested.event_type: stager.on_rule_requested,
                   CancelRequested.event_type: stager.on_cancel_requested,
-                  StatusRequested.event_type: StatusReporter(bus, store).on_status_requested}),
+                  StatusRequested.event_type: StatusReporter(bus, store).on_status_requested,
+                  PublishRequested.event_type: stager.on_publish_requested}),
         Consumer(bus, topology.STAGER_HERMES, decoders.hermes(set(hermes)), hermes),
         Consumer(bus, topology.STAGER_PROGRESS, decoders.events(FileVisible, FileFailed),
                  {FileVisible.event_type: stager.on_file_visible,

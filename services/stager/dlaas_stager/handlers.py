@@ -12,6 +12,7 @@ from dlaas.contracts import (
     CancelRequested,
     FileFailed,
     FileVisible,
+    PublishRequested,
     RequestAccepted,
     RequestCancelled,
     RequestFailed,
@@ -22,7 +23,7 @@ from dlaas_stager import domain
 from dlaas_stager.ports import Catalog, FileInfo, RuleSpec
 from dlaas_stager.settings import StagerOptions
 from dlaas_stager.staging import Announcer
-from dlaas_stager.store import FAILED, VISIBLE, NewRequest, Store
+from dlaas_stager.store import FAILED, PUBLISH, VISIBLE, NewRequest, Store
 
 log = structlog.get_logger(__name__)
 
@@ -103,6 +104,45 @@ class Stager:
             failed = FileFailed(request_id=event.request_id, user=event.user, did=did,
                                 reason=reason, stage="rucio")  # fmt: skip
             await self.bus.publish(failed, correlation_id=correlation_id)
+        await self.announcer.stage(
+            await self.store.waiting_in_request(request_id), replicas
+        )
+        await self.announcer.check_complete(request_id)
+
+    async def on_publish_requested(
+        self, event: PublishRequested, delivery: Delivery
+    ) -> None:
+        """Register a notebook's output where it is, replicate it to long-term storage."""
+        with structlog.contextvars.bound_contextvars(
+            request_id=str(event.request_id), user=event.user, did=event.did
+        ):
+            domain.check_user(event, delivery.user_id)
+            try:
+                await self._publish(event, delivery.correlation_id)
+            except PermanentError as exc:
+                log.warning("publish_refused", reason=str(exc))
+                failed = RequestFailed(request_id=event.request_id, user=event.user,
+                                       reason=domain.explain(str(exc)))  # fmt: skip
+                await self.bus.publish(failed, correlation_id=delivery.correlation_id)
+
+    async def _publish(self, event: PublishRequested, correlation_id: str | None) -> None:
+        account = domain.account_for(event.user, self.options.accounts)
+        info = FileInfo(event.did, event.bytes, event.adler32)
+        await self.catalog.register_replica(event.rse, info, event.pfn)
+        days = event.lifetime_days
+        spec = RuleSpec(
+            dids=[event.did], rse=event.to_rse, account=account,
+            lifetime_s=None if days is None else domain.lifetime_seconds(days, self.options),
+            activity=self.options.activity, grouping=self.options.grouping,
+        )  # fmt: skip
+        rule_ids = await self.catalog.add_rules(spec)
+        request_id = str(event.request_id)
+        await self.store.save_request(NewRequest(
+            request_id, event.user, account, event.to_rse, correlation_id, [info], rule_ids,
+            {}, kind=PUBLISH,
+        ))  # fmt: skip
+        log.info("publish_accepted", rule_ids=rule_ids, to_rse=event.to_rse)
+        replicas = await self.catalog.replicas_at([event.did], event.to_rse)
         await self.announcer.stage(
             await self.store.waiting_in_request(request_id), replicas
         )

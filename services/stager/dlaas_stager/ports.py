@@ -39,7 +39,7 @@ class RuleSpec:
     dids: Sequence[str]
     rse: str
     account: str
-    lifetime_s: int
+    lifetime_s: int | None  # None: kept until removed
     activity: str
     grouping: str
 
@@ -78,4 +78,8 @@ class Catalog(Protocol):
 
     async def delete_rule(self, rule_id: str) -> None:
         """Remove the rule (already gone is success)."""
+        ...
+
+    async def register_replica(self, rse: str, file: FileInfo, pfn: str) -> None:
+        """Declare a file Rucio does not know yet at ``rse`` (already known: success)."""
         ...

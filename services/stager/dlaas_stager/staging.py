@@ -9,12 +9,12 @@ from dataclasses import dataclass
 import structlog
 
 from dlaas.bus.connection import Bus
-from dlaas.contracts import FileFailed, FileStaged, RequestCompleted
+from dlaas.contracts import FileFailed, FilePublished, FileStaged, RequestCompleted
 from dlaas_stager.ports import Replica
 from dlaas_stager.store import (
     CANCELLED,
     FAILED,
-    PENDING,
+    PUBLISH,
     STAGED,
     VISIBLE,
     Store,
@@ -40,18 +40,27 @@ class Announcer:
             replica = replicas.get(file.did)
             if replica is None or not replica.available or replica.pfn is None:
                 continue
+            # a published file is done once safe; a staged one goes on to cache and mount
+            published = file.kind == PUBLISH
             # claim first: of two handlers racing (transfer-done, rule_ok) one announces it
-            if not await self.store.set_file_state(file.request_id, file.did, STAGED):
+            claim = VISIBLE if published else STAGED
+            if not await self.store.set_file_state(file.request_id, file.did, claim):
                 continue
-            event = FileStaged(
-                request_id=file.request_id, user=file.user, did=file.did, rse=file.rse,
-                pfn=replica.pfn, bytes=replica.bytes, adler32=replica.adler32,
+            event: FileStaged | FilePublished = (
+                FilePublished(request_id=file.request_id, user=file.user, did=file.did,
+                              rse=file.rse, pfn=replica.pfn, bytes=replica.bytes)
+                if published else
+                FileStaged(request_id=file.request_id, user=file.user, did=file.did,
+                           rse=file.rse, pfn=replica.pfn, bytes=replica.bytes,
+                           adler32=replica.adler32)
             )  # fmt: skip
             try:
                 await self.bus.publish(event, correlation_id=file.correlation_id)
             except BaseException:
-                await self.store.set_file_state(file.request_id, file.did, PENDING)
+                await self.store.unclaim(file.request_id, file.did, claim)
                 raise
+            if published:
+                await self.check_complete(file.request_id)
             log.info(
                 "file_staged", did=file.did, request_id=file.request_id, pfn=replica.pfn
             )

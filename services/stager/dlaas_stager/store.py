@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from dlaas_stager.ports import FileInfo
 
+STAGE, PUBLISH = "stage", "publish"  # request kinds: bring data to a notebook, or keep it
 metadata = sa.MetaData()
 requests_t = sa.Table(
     "requests",
@@ -27,6 +28,7 @@ requests_t = sa.Table(
     sa.Column("correlation_id", sa.String(128)),
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False, server_default=STAGE),
 )
 files_t = sa.Table(
     "request_files",
@@ -67,6 +69,7 @@ class NewRequest:
     files: Sequence[FileInfo]
     rule_ids: Sequence[str]
     refused: Mapping[str, str]  # DID -> why Rucio refused it
+    kind: str = STAGE
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ class WaitingFile:
     correlation_id: str | None
     did: str
     rse: str
+    kind: str = STAGE
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,7 @@ class Store:
                         "correlation_id": req.correlation_id,
                         "state": "accepted",
                         "created_at": time.time(),
+                        "kind": req.kind,
                     }
                 ],
             )
@@ -166,13 +171,14 @@ class Store:
         if rows:
             await conn.execute(self._insert(table).on_conflict_do_nothing(), rows)
 
-    def _waiting(self) -> sa.Select[str, str, str | None, str, str]:
+    def _waiting(self) -> sa.Select[str, str, str | None, str, str, str]:
         return sa.select(
             files_t.c.request_id,
             requests_t.c.user,
             requests_t.c.correlation_id,
             files_t.c.did,
             files_t.c.rse,
+            requests_t.c.kind,
         ).join(requests_t, requests_t.c.request_id == files_t.c.request_id)
 
     async def waiting_for_file(self, did: str, rse: str) -> list[WaitingFile]:
@@ -199,7 +205,7 @@ class Store:
         return await self._fetch_waiting(query)
 
     async def _fetch_waiting(
-        self, query: sa.Select[str, str, str | None, str, str]
+        self, query: sa.Select[str, str, str | None, str, str, str]
     ) -> list[WaitingFile]:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
@@ -230,6 +236,19 @@ class Store:
                 )
             )
         return bool(result.rowcount)
+
+    async def unclaim(self, request_id: str, did: str, claimed: str) -> None:
+        """Undo a claim whose announcement failed, so the next attempt announces it."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                files_t.update()
+                .where(
+                    files_t.c.request_id == request_id,
+                    files_t.c.did == did,
+                    files_t.c.state == claimed,
+                )
+                .values(state=PENDING)
+            )
 
     async def summary(self, request_id: str) -> Summary | None:
         """Counts per state of a request's files; None for an unknown request."""

@@ -17,9 +17,11 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustQueue
 from dlaas.contracts import (
     CancelRequested,
     FileFailed,
+    FilePublished,
     FileReady,
     FileStaged,
     FileVisible,
+    PublishRequested,
     RequestAccepted,
     RequestCancelled,
     RequestCompleted,
@@ -61,6 +63,7 @@ STAGER_REQUESTS = _on_events(
     RuleRequested.routing_key(),
     CancelRequested.routing_key(),
     StatusRequested.routing_key(),
+    PublishRequested.routing_key(),
 )
 STAGER_HERMES = QueueSpec("stager.hermes", ((HERMES, "#"),))
 STAGER_PROGRESS = _on_events(
@@ -76,6 +79,7 @@ NOTIFIER_EVENTS = _on_events(
     RequestCompleted.routing_key(),
     RequestFailed.routing_key(),
     RequestCancelled.routing_key(),
+    FilePublished.routing_key(),
 )
 WORK_QUEUES = (
     STAGER_REQUESTS,

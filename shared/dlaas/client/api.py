@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
 from uuid import UUID, uuid4
 
 from aio_pika.abc import AbstractQueue
@@ -14,9 +15,11 @@ from pydantic_settings import SettingsConfigDict
 
 from dlaas.bus import topology
 from dlaas.bus.connection import Bus
+from dlaas.client.results import Listener, ReadyFile, StageResult
 from dlaas.contracts import (
     CancelRequested,
     Notification,
+    PublishRequested,
     RequestStatus,
     RuleRequested,
     StatusRequested,
@@ -32,95 +35,6 @@ class ClientSettings(ServiceSettings):
     )
 
     rse: str | None = Field(default=None, description="Default destination RSE")
-
-
-@dataclass(frozen=True)
-class ReadyFile:
-    """A file the user can open now."""
-
-    did: str
-    path: str
-    pfn: str
-    cache_url: str
-    bytes: int
-
-
-@dataclass
-class StageResult:
-    """What became of a stage request."""
-
-    request_id: UUID
-    files_total: int | None = None
-    ready: dict[str, ReadyFile] = field(default_factory=dict)
-    failed: dict[str, str] = field(default_factory=dict)
-    completed: bool = False
-    reason: str | None = None  # the request as a whole failed
-    summary: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        """Completed with every file ready."""
-        return self.completed and not self.failed and self.reason is None
-
-    @property
-    def paths(self) -> list[str]:
-        """Paths of the ready files, for the next cell to open."""
-        return [f.path for f in self.ready.values()]
-
-    def apply(self, note: Notification) -> bool:
-        """Fold one notification in; False for a repeat (which changes nothing)."""
-        if note.did is not None and (note.did in self.ready or note.did in self.failed):
-            return False
-        if note.kind in ("completed", "failed") and self.completed:
-            return False
-        if note.kind == "accepted" and self.files_total is not None:
-            return False
-        if note.kind == "accepted":
-            self.files_total = note.files_total
-        elif note.kind == "file-ready" and note.did:
-            self.ready[note.did] = ReadyFile(
-                note.did,
-                note.path or "",
-                note.pfn or "",
-                note.cache_url or "",
-                note.bytes or 0,
-            )
-        elif note.kind == "file-failed" and note.did:
-            self.failed[note.did] = note.reason or "unknown reason"
-        elif note.kind in ("failed", "cancelled"):
-            self.reason, self.completed = note.reason or note.text, True
-        elif note.kind == "completed":
-            self.completed, self.summary = True, note.text
-            self.files_total = (note.files_ready or 0) + (note.files_failed or 0)
-        return True
-
-    def apply_status(self, status: RequestStatus) -> None:
-        """Fold a status report in: what is ready and failed so far."""
-        if status.state == "unknown":
-            self.reason, self.completed = "no such request of yours", True
-            return
-        self.files_total = status.files_total
-        for entry in status.ready:
-            self.ready.setdefault(entry.did, ReadyFile(
-                entry.did, entry.path or "", entry.pfn or "", entry.cache_url or "", entry.bytes
-            ))  # fmt: skip
-        for did, reason in status.failed.items():
-            self.failed.setdefault(did, reason)
-        if status.state in ("completed", "cancelled", "failed"):
-            self.completed = True
-            if status.state != "completed":
-                self.reason = self.reason or f"request {status.state}"
-
-    @property
-    def done(self) -> bool:
-        """Nothing more to wait for (completion seen and every file accounted for)."""
-        if self.reason is not None:
-            return True
-        seen = len(self.ready) + len(self.failed)
-        return self.completed and seen >= (self.files_total or 0)
-
-
-Listener = Callable[[Notification, StageResult], None]
 
 
 async def _listen(bus: Bus, user: str, request_id: UUID) -> AbstractQueue:
@@ -218,20 +132,22 @@ async def acancel(
 
 
 async def _ask(
-    event: CancelRequested | StatusRequested,
+    event: CancelRequested | StatusRequested | PublishRequested,
     settings: BusSettings,
     *,
     until: tuple[str, ...],
     timeout: float | None,
     on_update: Listener | None = None,
+    collect: bool = True,
 ) -> StageResult:
-    """Publish a request about an existing stage request and fold in what comes back."""
+    """Publish a request and fold in what comes back (with ``collect``)."""
     bus = await Bus(settings, name=f"dlaas-client:{event.user}", mandatory=True).connect()
     try:
         queue = await _listen(bus, event.user, event.request_id)
         await bus.publish(event, correlation_id=str(event.request_id), user_id=event.user)
         result = StageResult(event.request_id)
-        await _collect(queue, result, timeout, on_update, until=until)
+        if collect:
+            await _collect(queue, result, timeout, on_update, until=until)
         return result
     finally:
         await bus.close()
@@ -277,6 +193,41 @@ async def ainbox(*, settings: BusSettings | None = None) -> list[Notification]:
     return notes
 
 
+def checksum(path: Path) -> tuple[int, str]:
+    """Size and adler32 (8 hex digits, as Rucio keeps it) of a local file."""
+    value, size = 1, 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            value, size = zlib.adler32(chunk, value), size + len(chunk)
+    return size, f"{value:08x}"
+
+
+async def apublish(
+    path: Path | str,
+    did: str,
+    *,
+    rse: str,
+    pfn: str,
+    to_rse: str,
+    lifetime_days: float | None = None,
+    wait: bool = True,
+    timeout: float | None = None,
+    settings: BusSettings | None = None,
+) -> StageResult:
+    """Keep a file this notebook produced, and return once it is safe (with ``wait``).
+
+    The file is registered at ``rse`` (where it is, as ``pfn``) under ``did`` and replicated
+    to ``to_rse``.
+    """
+    size, adler32 = await asyncio.to_thread(checksum, Path(path))
+    bus_settings = settings or ClientSettings().bus
+    event = PublishRequested(
+        request_id=uuid4(), user=bus_settings.login, did=did, rse=rse, pfn=pfn, bytes=size,
+        adler32=adler32, to_rse=to_rse, lifetime_days=lifetime_days,
+    )  # fmt: skip
+    return await _ask(event, bus_settings, until=(), timeout=timeout, collect=wait)
+
+
 def stage(dids: Sequence[str], **kwargs: object) -> StageResult:
     """Synchronous :func:`astage`, usable in scripts and inside Jupyter's running loop."""
     try:
@@ -293,6 +244,7 @@ __all__ = [
     "StageResult",
     "acancel",
     "ainbox",
+    "apublish",
     "astage",
     "astatus",
     "await_request",

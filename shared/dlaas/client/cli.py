@@ -78,7 +78,16 @@ def _parser() -> argparse.ArgumentParser:
                        ("cancel", "cancel a request")):  # fmt: skip
         command = commands.add_parser(name, help=text)
         command.add_argument("request_id", metavar="REQUEST")
-    for command in (stage, commands.choices["wait"]):
+    publish = commands.add_parser(
+        "publish", help="keep a file you produced: into the lake"
+    )
+    publish.add_argument("path", help="the file, as this notebook sees it")
+    publish.add_argument("--did", required=True, metavar="SCOPE:NAME", help="its name")
+    publish.add_argument("--rse", required=True, help="the scratch RSE it is on")
+    publish.add_argument("--pfn", required=True, help="its PFN on that RSE")
+    publish.add_argument("--to", required=True, dest="to_rse", help="long-term RSE")
+    publish.add_argument("--wait", action="store_true", help="wait until it is safe")
+    for command in (stage, commands.choices["wait"], publish):
         command.add_argument("--timeout", type=float, help="stop waiting after SECONDS")
     commands.add_parser("inbox", help="notifications sent while you were away")
     config = commands.add_parser(
@@ -162,6 +171,21 @@ async def _wait(
     )
 
 
+async def _publish(
+    args: argparse.Namespace, settings: ClientSettings, out: TextIO
+) -> int:
+    started = time.monotonic()
+    result = await api.apublish(args.path, args.did, rse=args.rse, pfn=args.pfn,
+                                to_rse=args.to_rse, wait=args.wait, timeout=args.timeout,
+                                settings=settings.bus)  # fmt: skip
+    if not args.wait:
+        print(f"request {result.request_id} sent", file=out)
+        return EXIT_OK
+    for ready in result.ready.values():
+        print(f"safe    {ready.did}  {ready.pfn}", file=out)
+    return _summary(result, started, out)
+
+
 async def _status(args: argparse.Namespace, settings: ClientSettings, out: TextIO) -> int:
     result = await api.astatus(args.request_id, settings=settings.bus)
     waiting = (result.files_total or 0) - len(result.ready) - len(result.failed)
@@ -220,6 +244,7 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         "stage": lambda: _stage(args, settings, printer),
         "wait": lambda: _wait(args, settings, printer),
         "status": lambda: _status(args, settings, out),
+        "publish": lambda: _publish(args, settings, out),
         "cancel": lambda: _cancel(args, settings, out),
         "inbox": lambda: _inbox(args, settings, out),
     }

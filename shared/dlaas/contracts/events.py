@@ -31,6 +31,35 @@ class RuleRequested(RequestEvent):
     activity: str | None = Field(default=None, description="Rucio transfer activity")
 
 
+class PublishRequested(RequestEvent):
+    """A notebook asks to keep a file it produced: register it and replicate it to the lake."""
+
+    event_type: ClassVar[str] = "publish-requested.v1"
+    producer: ClassVar[str] = "client"
+
+    did: DidStr = Field(description="The name the file gets in the lake (scope:name)")
+    rse: str = Field(description="The scratch RSE where the file is now")
+    pfn: str = Field(description="The file's PFN at that RSE", max_length=4096)
+    bytes: int = Field(ge=0, description="File size")
+    adler32: str = Field(pattern=r"^[0-9a-f]{8}$", description="adler32, 8 hex digits")
+    to_rse: str = Field(description="Long-term RSE (expression) to replicate to")
+    lifetime_days: float | None = Field(
+        default=None, gt=0, description="Rule lifetime; none: kept until removed"
+    )
+
+
+class FilePublished(RequestEvent):
+    """A published file is safe: its replica is AVAILABLE at the long-term RSE."""
+
+    event_type: ClassVar[str] = "file-published.v1"
+    producer: ClassVar[str] = "stager"
+
+    did: DidStr = Field(description="The file")
+    rse: str = Field(description="Where it is now safe")
+    pfn: str | None = Field(default=None, description="Its PFN there")
+    bytes: int = Field(ge=0, description="File size")
+
+
 class CancelRequested(RequestEvent):
     """A user withdraws a stage request (published by the client)."""
 
@@ -232,6 +261,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         RuleRequested,
         CancelRequested,
         RequestCancelled,
+        PublishRequested,
+        FilePublished,
         StatusRequested,
         RequestStatus,
         RequestAccepted,

@@ -184,6 +184,19 @@ class RucioCatalog:
                 return str(rule["id"])
         raise TransientError(f"DuplicateRule for {did} but no matching rule found yet")
 
+    async def register_replica(self, rse: str, file: FileInfo, pfn: str) -> None:
+        """Register a replica (e.g. a notebook's output on scratch); a repeat is success."""
+        scope, _, name = file.did.partition(":")
+        row = {"scope": scope, "name": name, "bytes": file.bytes, "adler32": file.adler32,
+               "pfn": pfn}  # fmt: skip
+        try:
+            await self._call(
+                "add_replicas", lambda c: c.add_replicas(rse=rse, files=[row])
+            )
+        except TransientError as exc:  # Rucio says Duplicate for a replica it has
+            if "Duplicate" not in str(exc) and "FileReplicaAlreadyExists" not in str(exc):
+                raise
+
     async def rule_state(self, rule_id: str) -> RuleState:
         """State and error of one rule."""
         rule = await self._call(
