@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-packages=(memcached xrootd-server xrootd-server-plugins xrootd-client xrootd-fuse fuse3)
+packages=(memcached xrootd-server xrootd-server-plugins xrootd-client xrootd-fuse fuse3 chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -20,11 +20,18 @@ import pytest
 
 from dlaas.bus import topology
 from dlaas.bus.connection import Bus
-from dlaas.client.api import StageResult, acancel, astage
+from dlaas.client.api import StageResult, acancel, apublish, astage, checksum
 from dlaas.contracts import Notification, RuleRequested
 from dlaas.settings import BusSettings
 from dlaas_devstack.broker import Vhost
-from dlaas_devstack.lake import NOTEBOOK, build_lake, make_dataset, rse_dir
+from dlaas_devstack.lake import (
+    NOTEBOOK,
+    ORIGIN,
+    SCRATCH,
+    build_lake,
+    make_dataset,
+    rse_dir,
+)
 from dlaas_devstack.rucio import RucioStack
 from dlaas_stager.adapters.rucio import RucioCatalog
 from dlaas_stager.settings import RucioSettings
@@ -275,3 +282,22 @@ async def test_a_rule_that_goes_stuck_is_told_per_file_with_the_reason(
         assert "rule STUCK" in reason
         assert "no readable copy of the file exists in the lake" in reason
         assert "NO_SOURCES" in reason
+
+
+async def test_a_notebook_output_is_published_back_and_told_when_safe(
+    broker: Vhost, rucio_stack: RucioStack, services: tuple[Stack, RucioCatalog]
+) -> None:
+    name = f"{_name('result')}.h5"
+    local = rse_dir(rucio_stack, SCRATCH) / "alice" / name
+    local.parent.mkdir(parents=True, exist_ok=True)
+    local.write_bytes(random.randbytes(4096))
+    pfn = f"root://127.0.0.1:{rucio_stack.rse_port}//data/scratch/alice/{name}"
+    result = await apublish(local, f"user.alice:{name}", rse=SCRATCH, pfn=pfn, to_rse=ORIGIN,
+                            timeout=120, settings=_bus(broker.url("alice")))  # fmt: skip
+    assert result.ok, result
+    assert list(result.ready) == [f"user.alice:{name}"]
+    (replica,) = rucio_stack.client().list_replicas(
+        [{"scope": "user.alice", "name": name}], rse_expression=ORIGIN, all_states=True
+    )
+    assert replica["states"] == {ORIGIN: "AVAILABLE"}
+    assert replica["adler32"] == checksum(local)[1]

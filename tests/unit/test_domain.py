@@ -110,7 +110,10 @@ def test_accounts_and_lifetimes() -> None:
 
 def test_files_of_overlapping_dids_count_once() -> None:
     f1, f2 = FileInfo("s:f1", 1, None), FileInfo("s:f2", 2, None)
-    assert stager.unique_files({"s:ds1": [f1, f2], "s:f1": [f1]}) == [f1, f2]
+    files = stager.unique_files({"s:ds1": [f1, f2], "s:f1": [f1]})
+    assert [f.did for f in files] == ["s:f1", "s:f2"]
+    assert [f.parent for f in files] == ["s:ds1", "s:ds1"]  # the dataset they came with
+    assert stager.unique_files({"s:f1": [f1]})[0].parent is None
 
 
 def test_completion_is_told_in_words() -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -12,7 +14,7 @@ from dlaas.bus.connection import Bus
 from dlaas.bus.consumer import Delivery
 from dlaas.contracts import FileFailed, FileReady, FileVisible
 from dlaas.errors import PermanentError, TransientError
-from dlaas_fuse_agent import domain
+from dlaas_fuse_agent import blocking, domain
 from dlaas_fuse_agent.settings import FuseOptions
 
 log = structlog.get_logger(__name__)
@@ -23,13 +25,34 @@ def _readable(path: Path) -> None:
         handle.read(1)
 
 
-def _link(view: Path, target: Path) -> None:
+def _make_dirs(base: Path, parent: Path) -> None:
+    """Create base/... down to ``parent``, refusing any step that is a symlink.
+
+    A user who can write in their view could plant ``scope -> /etc``: following it would
+    write outside the view.
+    """
+    base.parent.mkdir(parents=True, exist_ok=True)
+    steps = [base]
+    for part in parent.relative_to(base).parts:
+        steps.append(steps[-1] / part)
+    for current in steps:
+        with contextlib.suppress(FileExistsError):
+            current.mkdir()
+        if current.is_symlink() or not current.is_dir():
+            raise PermanentError(f"{current} is not a plain directory of the user's view")
+
+
+def _link(view: Path, target: Path, base: Path) -> None:
     """Point ``view`` at ``target`` atomically (a repeat leaves the same link)."""
-    view.parent.mkdir(parents=True, exist_ok=True)
+    _make_dirs(base, view.parent)
     temporary = view.with_name(f".{view.name}.dlaas-tmp")
-    temporary.unlink(missing_ok=True)
-    temporary.symlink_to(target)
-    temporary.replace(view)
+    try:
+        temporary.unlink(missing_ok=True)
+        temporary.symlink_to(target)
+        temporary.replace(view)
+    except IsADirectoryError as exc:
+        temporary.unlink(missing_ok=True)
+        raise PermanentError(f"{view} is a directory: not replaced") from exc
 
 
 @dataclass(frozen=True)
@@ -38,6 +61,7 @@ class FuseAgent:
 
     bus: Bus
     options: FuseOptions
+    on_unreadable: Callable[[str], None] = field(default=lambda _rse: None)
 
     async def on_file_ready(self, event: FileReady, delivery: Delivery) -> None:
         """Check the file is readable through the mount, link it into the user's view."""
@@ -64,16 +88,18 @@ class FuseAgent:
         target = domain.mount_path(event.pfn, mount.mount_path, mount.path_begins_at)
         view = domain.view_path(self.options.views_root, event.user, event.did)
         try:
-            await asyncio.wait_for(
-                asyncio.to_thread(_readable, target), self.options.check_timeout_s
+            await blocking.call(
+                lambda: _readable(target), self.options.check_timeout_s, "fuse-read"
             )
         except (OSError, TimeoutError) as exc:
+            self.on_unreadable(event.rse)  # the mount's watcher checks it now
             if delivery.last_attempt:
                 raise PermanentError(
                     f"not readable through the mount at {target}: {exc}"
                 ) from exc
             raise TransientError(f"not readable yet at {target}: {exc}") from exc
-        await asyncio.to_thread(_link, view, target)
+        base = domain.user_view(self.options.views_root, event.user)
+        await asyncio.to_thread(_link, view, target, base)
         return view, target
 
     async def _fail(self, event: FileReady, reason: str, delivery: Delivery) -> None:

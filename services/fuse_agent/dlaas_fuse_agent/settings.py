@@ -4,9 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dlaas.settings import ServiceSettings
+
+# Given to every xrootdfs: without them a dead server hangs callers for minutes, and a
+# mount used while its server was down keeps failing after the server is back
+# (StreamErrorWindow: the client remembers the failed connection for 30 min).
+XROOTDFS_ENV = {
+    "XRD_CONNECTIONWINDOW": "2",
+    "XRD_CONNECTIONRETRY": "1",
+    "XRD_REQUESTTIMEOUT": "10",
+    "XRD_STREAMTIMEOUT": "10",
+    "XRD_TIMEOUTRESOLUTION": "1",
+    "XRD_STREAMERRORWINDOW": "1",
+}
 
 
 class MountSpec(BaseModel):
@@ -18,6 +30,51 @@ class MountSpec(BaseModel):
     mount_path: Path = Field(description="Where the RSE is mounted on the node")
     path_begins_at: int = Field(
         default=0, ge=0, description="Leading PFN path components the mount does not show"
+    )
+    source: str | None = Field(
+        default=None,
+        description="xrootdfs source (root://host:port//dir) the agent mounts, watches "
+        "and remounts; None: mount_path is a directory kept by someone else",
+    )
+    probe_path: str = Field(
+        default="",
+        description="Relative path the watcher lists (directory) or reads (file) to "
+        "check the mount; empty: the mount's root",
+    )
+
+    @field_validator("probe_path")
+    @classmethod
+    def _inside(cls, value: str) -> str:
+        if value.startswith("/") or ".." in value.split("/") or "\0" in value:
+            raise ValueError("probe_path must be a relative path inside the mount")
+        return value
+
+
+class WatchOptions(BaseModel):
+    """How the agent keeps its xrootdfs mounts healthy."""
+
+    model_config = ConfigDict(frozen=True)
+
+    interval_s: float = Field(default=5.0, gt=0, description="Seconds between checks")
+    timeout_s: float = Field(
+        default=5.0, gt=0, description="A check that takes longer fails"
+    )
+    failures_to_remount: int = Field(
+        default=2, ge=1, description="Failed checks in a row before a remount"
+    )
+    backoff_s: float = Field(
+        default=1.0, gt=0, description="First wait between remounts of a broken mount"
+    )
+    max_backoff_s: float = Field(
+        default=60.0, gt=0, description="Longest wait between remounts"
+    )
+    mount_timeout_s: float = Field(
+        default=10.0, gt=0, description="How long a mount may take to answer"
+    )
+    xrootdfs: str = Field(default="xrootdfs", description="The xrootdfs command")
+    fusermount: str = Field(default="fusermount3", description="The fusermount command")
+    log_dir: Path | None = Field(
+        default=None, description="xrootdfs logs go to <log_dir>/<mount>.log; None: ours"
     )
 
 
@@ -36,6 +93,7 @@ class FuseOptions(BaseModel):
     check_timeout_s: float = Field(
         default=5.0, gt=0, description="Readability check timeout"
     )
+    watch: WatchOptions = Field(default_factory=WatchOptions)
 
 
 class FuseAgentSettings(ServiceSettings):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dlaas.contracts import (
     FileFailed,
+    FilePublished,
     FileVisible,
     Notification,
     RequestAccepted,
@@ -16,7 +17,8 @@ from dlaas.contracts import (
 _KILO = 1000
 
 
-def _size(n: int) -> str:
+def size(n: int) -> str:
+    """A byte count for people (decimal units)."""
     value = float(n)
     for unit in ("B", "kB", "MB", "GB"):
         if value < _KILO:
@@ -25,7 +27,7 @@ def _size(n: int) -> str:
     return f"{value:.1f} TB"
 
 
-def notification_for(event: RequestEvent) -> Notification:
+def notification_for(event: RequestEvent) -> Notification:  # noqa: PLR0911  (one per type)
     """The notification reporting ``event`` to its user."""
     common = {
         "request_id": event.request_id,
@@ -40,7 +42,7 @@ def notification_for(event: RequestEvent) -> Notification:
                 files_total=event.files_total,
                 bytes=event.bytes_total,
                 files_ready=0,
-                text=f"{event.files_total} files ({_size(event.bytes_total)}) requested at "
+                text=f"{event.files_total} files ({size(event.bytes_total)}) requested at "
                 f"{event.rse}, {event.files_available} already there",
             )
         case FileVisible():
@@ -53,6 +55,15 @@ def notification_for(event: RequestEvent) -> Notification:
                 cache_url=event.cache_url,
                 bytes=event.bytes,
                 text=f"{event.did} is ready at {event.path}",
+            )
+        case FilePublished():
+            return Notification(
+                **common,
+                kind="file-published",
+                did=event.did,
+                pfn=event.pfn,
+                bytes=event.bytes,
+                text=f"{event.did} is safe at {event.rse}",
             )
         case FileFailed():
             return Notification(
@@ -69,7 +80,7 @@ def notification_for(event: RequestEvent) -> Notification:
                 files_ready=event.files_ready,
                 files_failed=event.files_failed,
                 bytes=event.bytes_ready,
-                text=f"{event.files_ready} files ready ({_size(event.bytes_ready)}), "
+                text=f"{event.files_ready} files ready ({size(event.bytes_ready)}), "
                 f"{event.files_failed} failed, in {event.duration_s:.1f} s",
             )
         case RequestCancelled():

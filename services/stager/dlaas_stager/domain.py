@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 
 from dlaas.contracts import RequestEvent
 from dlaas.errors import PermanentError
@@ -48,9 +49,10 @@ def activity(requested: str | None, options: StagerOptions) -> str:
 def unique_files(files_by_did: Mapping[str, Iterable[FileInfo]]) -> list[FileInfo]:
     """Every file once, whichever DIDs of the request contain it, in first-seen order."""
     seen: dict[str, FileInfo] = {}
-    for files in files_by_did.values():
+    for requested, files in files_by_did.items():
         for info in files:
-            seen.setdefault(info.did, info)
+            parent = None if info.did == requested else requested
+            seen.setdefault(info.did, replace(info, parent=parent))
     return list(seen.values())
 
 

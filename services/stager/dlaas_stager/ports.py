@@ -14,6 +14,7 @@ class FileInfo:
     did: str
     bytes: int
     adler32: str | None
+    parent: str | None = None  # the requested dataset or container it came from
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ files_t = sa.Table(
     sa.Column("adler32", sa.String(8)),
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("reason", sa.Text),
+    sa.Column("parent", sa.String(300)),  # the requested dataset/container it came from
     sa.Column("path", sa.Text),  # where the user sees it, once visible
     sa.Column("pfn", sa.Text),
     sa.Column("cache_url", sa.Text),
@@ -82,6 +83,7 @@ class WaitingFile:
     did: str
     rse: str
     kind: str = STAGE
+    parent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,7 @@ class Store:
                         "bytes": f.bytes,
                         "adler32": f.adler32,
                         "state": PENDING,
+                        "parent": f.parent,
                     }
                     for f in req.files
                 ],
@@ -171,7 +174,7 @@ class Store:
         if rows:
             await conn.execute(self._insert(table).on_conflict_do_nothing(), rows)
 
-    def _waiting(self) -> sa.Select[str, str, str | None, str, str, str]:
+    def _waiting(self) -> sa.Select[str, str, str | None, str, str, str, str | None]:
         return sa.select(
             files_t.c.request_id,
             requests_t.c.user,
@@ -179,6 +182,7 @@ class Store:
             files_t.c.did,
             files_t.c.rse,
             requests_t.c.kind,
+            files_t.c.parent,
         ).join(requests_t, requests_t.c.request_id == files_t.c.request_id)
 
     async def waiting_for_file(self, did: str, rse: str) -> list[WaitingFile]:
@@ -205,7 +209,7 @@ class Store:
         return await self._fetch_waiting(query)
 
     async def _fetch_waiting(
-        self, query: sa.Select[str, str, str | None, str, str, str]
+        self, query: sa.Select[str, str, str | None, str, str, str, str | None]
     ) -> list[WaitingFile]:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()

@@ -15,6 +15,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustQueue
 
 from dlaas.contracts import (
+    CacheMiss,
     CancelRequested,
     FileFailed,
     FilePublished,
@@ -70,9 +71,11 @@ STAGER_PROGRESS = _on_events(
     "stager.progress", FileVisible.routing_key(), f"*.{FileFailed.event_type}"
 )
 CACHE_ROUTER_FILES = _on_events("cache_router.files", FileStaged.routing_key())
+CACHE_ROUTER_MISSES = _on_events("cache_router.misses", f"*.{CacheMiss.event_type}")
 FUSE_AGENT_FILES = _on_events("fuse_agent.files", FileReady.routing_key())
 NOTIFIER_EVENTS = _on_events(
     "notifier.events",
+    RuleRequested.routing_key(),
     RequestAccepted.routing_key(),
     FileVisible.routing_key(),
     f"*.{FileFailed.event_type}",
@@ -86,6 +89,7 @@ WORK_QUEUES = (
     STAGER_HERMES,
     STAGER_PROGRESS,
     CACHE_ROUTER_FILES,
+    CACHE_ROUTER_MISSES,
     FUSE_AGENT_FILES,
     NOTIFIER_EVENTS,
 )

@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Never, TextIO
 
 import aiormq.exceptions
 from aio_pika.exceptions import AMQPError, DeliveryError
 from tqdm.auto import tqdm
 
-from dlaas.client import api
+from dlaas.client import api, sources
 from dlaas.client.api import ClientSettings, StageResult
 from dlaas.contracts import Notification
 from dlaas.logging import configure_logging
@@ -68,7 +70,25 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     commands = parser.add_subparsers(dest="command", required=True)
     stage = commands.add_parser("stage", help="make DIDs available at the notebook's RSE")
-    stage.add_argument("dids", nargs="+", metavar="SCOPE:NAME")
+    stage.add_argument("dids", nargs="*", metavar="SCOPE:NAME")
+    stage.add_argument(
+        "--from",
+        dest="files",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a DID list, an ESAP basket (JSON) or a notebook",
+    )
+    stage.add_argument(
+        "--esap", metavar="URL", help="your basket at this ESAP API gateway"
+    )
+    stage.add_argument(
+        "--token-env",
+        default="ACCESS_TOKEN",
+        metavar="VAR",
+        help="environment variable holding your ESAP bearer token",
+    )
     stage.add_argument("--rse", help="destination RSE (default: $DLAAS_RSE)")
     stage.add_argument("--lifetime-days", type=float, help="rule lifetime")
     stage.add_argument(
@@ -123,8 +143,15 @@ async def _stage(
     if not rse:
         print("dlaas: no destination: pass --rse or set DLAAS_RSE", file=sys.stderr)
         return EXIT_USAGE
+    selection = _selection(args)
+    if not selection.dids:
+        print(
+            "dlaas: nothing to stage: give DIDs, --from FILE or --esap URL",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     started = time.monotonic()
-    result = await api.astage(args.dids, rse=rse, lifetime_days=args.lifetime_days,
+    result = await api.astage(selection.dids, rse=rse, lifetime_days=args.lifetime_days,
                               wait=args.wait, timeout=args.timeout, settings=settings.bus,
                               on_update=printer)  # fmt: skip
     if not args.wait:
@@ -142,6 +169,19 @@ async def _stage(
         if args.json and result.ok
         else (EXIT_FAILED if args.json else _summary(result, started, printer.out))
     )
+
+
+def _selection(args: argparse.Namespace) -> sources.Selection:
+    baskets = []
+    if args.esap:
+        token = os.environ.get(args.token_env)
+        if not token:
+            raise sources.SourceError(f"--esap needs your token in ${args.token_env}")
+        baskets.append(sources.fetch_basket(args.esap, token))
+    selection = sources.collect(args.dids, args.files, baskets)
+    for skipped in selection.skipped:
+        print(f"dlaas: skipped {skipped}", file=sys.stderr)
+    return selection
 
 
 async def _wait(
@@ -250,6 +290,9 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     }
     try:
         return asyncio.run(commands[args.command]())
+    except sources.SourceError as exc:
+        print(f"dlaas: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except TimeoutError:
         print(
             "dlaas: still waiting; the request goes on (dlaas wait REQUEST)",

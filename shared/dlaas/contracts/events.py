@@ -29,6 +29,12 @@ class RuleRequested(RequestEvent):
         default=None, gt=0, description="Rule lifetime; the stager's default when absent"
     )
     activity: str | None = Field(default=None, description="Rucio transfer activity")
+    channels: list[str] | None = Field(
+        default=None,
+        max_length=8,
+        description="Channels besides the notebook (always on): 'email', 'webhook'; "
+        "a subset of the user's configured ones. Absent: the user's defaults",
+    )
 
 
 class PublishRequested(RequestEvent):
@@ -151,6 +157,9 @@ class FileStaged(RequestEvent):
     pfn: str = Field(description="root:// PFN of the replica at the RSE")
     bytes: int = Field(ge=0, description="File size")
     adler32: str | None = Field(default=None, description="Rucio's adler32 checksum")
+    dataset: DidStr | None = Field(
+        default=None, description="Dataset (scope:name) the file was staged as part of"
+    )
 
 
 class FileReady(FileStaged):

@@ -1,0 +1,1 @@
+"""Adapters of the cache router: the XRootD client and the caches' monitoring stream."""

@@ -1,0 +1,1 @@
+"""Adapters of the fuse agent: xrootdfs mounts."""

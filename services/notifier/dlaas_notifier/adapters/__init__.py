@@ -1,0 +1,1 @@
+"""Channel adapters: the broker (notebook), SMTP, incoming webhooks."""

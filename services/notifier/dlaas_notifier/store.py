@@ -1,0 +1,196 @@
+"""What the notifier remembers of requests: counts, per-file times, facts already told.
+
+A fact (``accepted``, ``file-ready:<did>``, ``completed``...) is recorded once per request
+with insert-or-ignore, so a repeated event neither counts twice nor is told twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from dlaas.contracts import Notification
+from dlaas_notifier.aggregation import FileTime, RequestState, fact_key
+from dlaas_notifier.settings import EXTERNAL_CHANNELS, ExternalChannel
+from dlaas_notifier.tables import Database, facts_t, requests_t
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """The outcome of recording a fact."""
+
+    first: bool  # never seen before (counted now)
+    notified: bool  # already told on the notebook channel
+    state: RequestState
+
+
+def _counters(note: Notification, at: float) -> dict[str, Any]:
+    """Column updates of a fact seen for the first time."""
+    c = requests_t.c
+    match note.kind:
+        case "accepted":
+            return {"files_total": note.files_total, "started_at": _earliest(at)}
+        case "file-ready" | "file-published":
+            return {
+                "files_ready": c.files_ready + 1,
+                "bytes_ready": c.bytes_ready + (note.bytes or 0),
+            }
+        case "file-failed":
+            return {"files_failed": c.files_failed + 1}
+        case "completed":
+            total = (note.files_ready or 0) + (note.files_failed or 0)
+            return {"files_total": sa.func.coalesce(c.files_total, total)}
+    return {}
+
+
+def _earliest(at: float) -> sa.ColumnElement[Any]:
+    started = requests_t.c.started_at
+    return sa.case((started.is_(None), at), (started > at, at), else_=started)
+
+
+def _channels(value: str | None) -> tuple[ExternalChannel, ...] | None:
+    if value is None:
+        return None
+    return tuple(c for c in EXTERNAL_CHANNELS if c in value.split(","))
+
+
+class Store:
+    """Request and fact tables over SQLAlchemy's async engine."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._insert = db.insert
+
+    async def _ensure(self, conn: AsyncConnection, request_id: UUID, user: str) -> None:
+        row = {"request_id": str(request_id), "user": user}
+        await conn.execute(self._insert(requests_t).on_conflict_do_nothing(), [row])
+
+    async def record(self, note: Notification, at: float) -> Recorded:
+        """Record the fact ``note`` reports (at event time ``at``) once; the request after."""
+        rid, key = str(note.request_id), fact_key(note)
+        async with self.db.begin() as conn:
+            await self._ensure(conn, note.request_id, note.user)
+            fact = {"request_id": rid, "key": key, "at": at, "detail": note.reason}
+            inserted = await conn.execute(
+                self._insert(facts_t).on_conflict_do_nothing(), [fact]
+            )
+            first = bool(inserted.rowcount)
+            updates = _counters(note, at) if first else {}
+            if updates:
+                await conn.execute(
+                    requests_t.update()
+                    .where(requests_t.c.request_id == rid)
+                    .values(**updates)
+                )
+            notified = (
+                await conn.execute(
+                    sa.select(facts_t.c.notified).where(
+                        facts_t.c.request_id == rid, facts_t.c.key == key
+                    )
+                )
+            ).scalar_one()
+            state = await self._state(conn, rid)
+        return Recorded(first, bool(notified), state)
+
+    async def mark_notified(self, note: Notification) -> None:
+        """The notebook channel has told ``note``'s fact."""
+        async with self.db.begin() as conn:
+            await conn.execute(
+                facts_t.update()
+                .where(
+                    facts_t.c.request_id == str(note.request_id),
+                    facts_t.c.key == fact_key(note),
+                )
+                .values(notified=True)
+            )
+
+    async def choose_channels(
+        self,
+        request_id: UUID,
+        user: str,
+        channels: tuple[ExternalChannel, ...] | None,
+        at: float,
+    ) -> None:
+        """Remember a request's own channel choice and when it was made (its user only)."""
+        values: dict[str, Any] = {"started_at": _earliest(at)}
+        if channels is not None:
+            values["channels"] = ",".join(channels)
+        async with self.db.begin() as conn:
+            await self._ensure(conn, request_id, user)
+            await conn.execute(
+                requests_t.update()
+                .where(
+                    requests_t.c.request_id == str(request_id), requests_t.c.user == user
+                )
+                .values(**values)
+            )
+
+    async def claim_progress(
+        self, request_id: UUID, step: int, now: float, min_interval_s: float
+    ) -> bool:
+        """Take progress ``step`` for a request unless told already or too soon (atomic)."""
+        c = requests_t.c
+        async with self.db.begin() as conn:
+            result = await conn.execute(
+                requests_t.update()
+                .where(
+                    c.request_id == str(request_id),
+                    c.last_step < step,
+                    sa.or_(
+                        c.last_progress_at.is_(None),
+                        c.last_progress_at <= now - min_interval_s,
+                    ),
+                )
+                .values(last_step=step, last_progress_at=now)
+            )
+        return bool(result.rowcount)
+
+    async def _state(self, conn: AsyncConnection, request_id: str) -> RequestState:
+        row = (
+            await conn.execute(
+                sa.select(requests_t).where(requests_t.c.request_id == request_id)
+            )
+        ).one()
+        return RequestState(
+            request_id=UUID(row.request_id),
+            user=row.user,
+            started_at=row.started_at,
+            files_total=row.files_total,
+            files_ready=row.files_ready,
+            files_failed=row.files_failed,
+            bytes_ready=row.bytes_ready,
+            channels=_channels(row.channels),
+        )
+
+    async def state(self, request_id: UUID) -> RequestState:
+        """The request as known now."""
+        async with self.db.connect() as conn:
+            return await self._state(conn, str(request_id))
+
+    async def files(self, request_id: UUID, kind: str, limit: int) -> list[FileTime]:
+        """The latest (so slowest: all started together) files of ``kind``, slowest first."""
+        prefix = f"{kind}:"
+        started = (
+            sa.select(requests_t.c.started_at)
+            .where(requests_t.c.request_id == str(request_id))
+            .scalar_subquery()
+        )
+        query = (
+            sa.select(facts_t.c.key, facts_t.c.at - started, facts_t.c.detail)
+            .where(
+                facts_t.c.request_id == str(request_id),
+                facts_t.c.key.startswith(prefix, autoescape=True),
+            )
+            .order_by(facts_t.c.at.desc())
+            .limit(limit)
+        )
+        async with self.db.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            FileTime(key.removeprefix(prefix), None if s is None else max(0.0, s), d)
+            for key, s, d in rows
+        ]
