@@ -94,3 +94,10 @@ class FakeCatalog:
         self.calls.append("add_replicas")
         self.contents.setdefault(file.did, [file])
         self.available[file.did, rse] = pfn
+
+    async def did_kind(self, did: str) -> str:
+        self.calls.append("get_did")
+        if did in self.contents:
+            return "DATASET"
+        self._files(did)
+        return "FILE"

@@ -204,3 +204,22 @@ async def test_malformed_messages_are_dead_lettered_with_reason(
     assert any(
         "unknown hermes event type 'no-such-type'" in r for r in reasons["stager.hermes"]
     )
+
+
+async def test_a_dry_run_reports_and_creates_nothing(
+    broker: Vhost, tmp_path: Path
+) -> None:
+    catalog = FakeCatalog()
+    files = catalog.add_dataset("user.alice:ds9", 2)
+    catalog.make_available(files[0].did, "NOTEBOOK")
+    async with running_services(broker.url(), tmp_path, catalog):
+        result = await astage(["user.alice:ds9", "user.alice:nope"], rse="NOTEBOOK",
+                              dry_run=True, timeout=30, settings=_bus(broker.url("alice")))  # fmt: skip
+    planned = {e.did: e for e in result.plan}
+    assert (planned["user.alice:ds9"].kind, planned["user.alice:ds9"].files) == (
+        "DATASET",
+        2,
+    )
+    assert planned["user.alice:ds9"].available == 1
+    assert planned["user.alice:nope"].reason is not None
+    assert "add_replication_rule" not in catalog.calls

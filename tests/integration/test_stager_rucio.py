@@ -87,6 +87,10 @@ async def test_files_datasets_and_containers_in_one_request_take_few_rucio_calls
     client = rucio_stack.client()
     client.add_container("user.alice", container)
     client.attach_dids("user.alice", container, [{"scope": "user.alice", "name": inner}])
+    plan = await astage([f"user.alice:{container}", f"user.alice:{single.name}"], rse=NOTEBOOK,
+                        dry_run=True, timeout=60, settings=_bus(broker.url("alice")))  # fmt: skip
+    assert [(e.kind, e.files) for e in plan.plan] == [("CONTAINER", 3), ("FILE", 1)]
+    assert _rules(rucio_stack, "user.alice", container) == []  # a dry run creates nothing
     before = catalog.calls_by.copy()
     result = await _stage(broker, "alice", f"user.alice:{container}", f"user.alice:{other}",
                           f"user.alice:{single.name}", f"user.alice:{other}")  # fmt: skip

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from dlaas.bus import topology
 from dlaas.bus.connection import Bus
 from dlaas.bus.consumer import Delivery
 from dlaas.contracts import (
@@ -19,7 +20,7 @@ from dlaas.contracts import (
     RuleRequested,
 )
 from dlaas.errors import PermanentError
-from dlaas_stager import domain
+from dlaas_stager import domain, status
 from dlaas_stager.ports import Catalog, FileInfo, RuleSpec
 from dlaas_stager.settings import StagerOptions
 from dlaas_stager.staging import Announcer
@@ -44,6 +45,9 @@ class Stager:
             request_id=str(event.request_id), user=event.user, rse=event.rse
         ):
             domain.check_user(event, delivery.user_id)
+            if event.dry_run:
+                await self._dry_run(event, delivery.correlation_id)
+                return
             known = await self.store.summary(str(event.request_id))
             if known is not None and known.state != "accepted":
                 return  # a repeat of a request already cancelled, failed or completed
@@ -55,6 +59,12 @@ class Stager:
                     request_id=event.request_id, user=event.user, reason=str(exc)
                 )
                 await self.bus.publish(failed, correlation_id=delivery.correlation_id)
+
+    async def _dry_run(self, event: RuleRequested, correlation_id: str | None) -> None:
+        report = await status.plan(self.catalog, event)
+        key = topology.status_routing_key(event.user, str(event.request_id))
+        await self.bus.publish(report, exchange=topology.NOTIFY, routing_key=key,
+                               correlation_id=correlation_id)  # fmt: skip
 
     async def _resolve(self, dids: list[str]) -> tuple[list[FileInfo], dict[str, str]]:
         """Files of the DIDs Rucio knows, and the reason for each DID it refused."""

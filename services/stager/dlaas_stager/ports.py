@@ -84,3 +84,7 @@ class Catalog(Protocol):
     async def register_replica(self, rse: str, file: FileInfo, pfn: str) -> None:
         """Declare a file Rucio does not know yet at ``rse`` (already known: success)."""
         ...
+
+    async def did_kind(self, did: str) -> str:
+        """FILE, DATASET or CONTAINER."""
+        ...

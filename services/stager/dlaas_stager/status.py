@@ -7,8 +7,16 @@ from dataclasses import dataclass
 from dlaas.bus import topology
 from dlaas.bus.connection import Bus
 from dlaas.bus.consumer import Delivery
-from dlaas.contracts import ReadyEntry, RequestStatus, StatusRequested
+from dlaas.contracts import (
+    PlanEntry,
+    ReadyEntry,
+    RequestStatus,
+    RuleRequested,
+    StatusRequested,
+)
+from dlaas.errors import PermanentError
 from dlaas_stager import domain
+from dlaas_stager.ports import Catalog
 from dlaas_stager.store import CANCELLED, FAILED, PENDING, STAGED, VISIBLE, Store
 
 LISTED = 10_000  # files listed in one report; counts cover all
@@ -55,3 +63,33 @@ class StatusReporter:
                               bytes=r.bytes) for r in rows if r.state == VISIBLE],
             failed={r.did: r.reason or "" for r in rows if r.state in (FAILED, CANCELLED)},
         )  # fmt: skip
+
+
+async def plan(catalog: Catalog, event: RuleRequested) -> RequestStatus:
+    """What a request would stage, DID by DID, creating nothing (``--dry-run``)."""
+    entries = []
+    for did in dict.fromkeys(event.dids):
+        try:
+            files = (await catalog.list_files([did]))[did]
+            kind = await catalog.did_kind(did)
+            replicas = await catalog.replicas_at([did], event.rse)
+        except PermanentError as exc:
+            entries.append(PlanEntry(did=did, kind="UNKNOWN", reason=str(exc)))
+            continue
+        available = sum(
+            1 for f in files if f.did in replicas and replicas[f.did].available
+        )
+        entries.append(
+            PlanEntry(
+                did=did,
+                kind=kind,
+                files=len(files),
+                bytes=sum(f.bytes for f in files),
+                available=available,
+            )
+        )
+    return RequestStatus(
+        request_id=event.request_id, user=event.user, state="planned", rse=event.rse,
+        files_total=sum(e.files for e in entries),
+        bytes_total=sum(e.bytes for e in entries), plan=entries,
+    )  # fmt: skip

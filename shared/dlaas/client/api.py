@@ -79,34 +79,25 @@ async def astage(
     timeout: float | None = None,
     settings: BusSettings | None = None,
     on_update: Listener | None = None,
+    dry_run: bool = False,
 ) -> StageResult:
     """Ask for ``dids`` at ``rse``; with ``wait``, return once every file is ready or failed.
+
+    With ``dry_run`` nothing is created: the result's ``plan`` says, per DID, its kind, files,
+    bytes and how many are already at ``rse``.
 
     Raises:
         TimeoutError: ``timeout`` passed first (the request goes on; see ``dlaas status``).
         aio_pika.exceptions.DeliveryError: no stager is running to take the request.
     """
     bus_settings = settings or ClientSettings().bus
-    request_id = uuid4()
-    user = bus_settings.login
     event = RuleRequested(
-        request_id=request_id,
-        user=user,
-        dids=list(dids),
-        rse=rse,
-        lifetime_days=lifetime_days,
-    )
-    bus = await Bus(bus_settings, name=f"dlaas-client:{user}", mandatory=True).connect()
-    try:
-        queue = await _listen(bus, user, request_id) if wait else None
-        # user_id: RabbitMQ checks it against our login, so the stager can trust it
-        await bus.publish(event, correlation_id=str(request_id), user_id=user)
-        result = StageResult(request_id)
-        if queue is not None:
-            await _collect(queue, result, timeout, on_update)
-        return result
-    finally:
-        await bus.close()
+        request_id=uuid4(), user=bus_settings.login, dids=list(dids), rse=rse,
+        lifetime_days=lifetime_days, dry_run=dry_run,
+    )  # fmt: skip
+    until = ("status",) if dry_run else ()
+    return await _ask(event, bus_settings, until=until, timeout=timeout,
+                      on_update=on_update, collect=wait or dry_run)  # fmt: skip
 
 
 async def acancel(
@@ -117,22 +108,12 @@ async def acancel(
 ) -> StageResult:
     """Cancel a request of ours; returns once the stager confirms (rules removed or kept)."""
     bus_settings = settings or ClientSettings().bus
-    rid = UUID(str(request_id))
-    user = bus_settings.login
-    bus = await Bus(bus_settings, name=f"dlaas-client:{user}", mandatory=True).connect()
-    try:
-        queue = await _listen(bus, user, rid)
-        event = CancelRequested(request_id=rid, user=user)
-        await bus.publish(event, correlation_id=str(rid), user_id=user)
-        result = StageResult(rid)
-        await _collect(queue, result, timeout, None, until=("cancelled",))
-        return result
-    finally:
-        await bus.close()
+    event = CancelRequested(request_id=UUID(str(request_id)), user=bus_settings.login)
+    return await _ask(event, bus_settings, until=("cancelled",), timeout=timeout)
 
 
 async def _ask(
-    event: CancelRequested | StatusRequested | PublishRequested,
+    event: RuleRequested | CancelRequested | StatusRequested | PublishRequested,
     settings: BusSettings,
     *,
     until: tuple[str, ...],
@@ -144,6 +125,7 @@ async def _ask(
     bus = await Bus(settings, name=f"dlaas-client:{event.user}", mandatory=True).connect()
     try:
         queue = await _listen(bus, event.user, event.request_id)
+        # user_id: RabbitMQ checks it against our login, so the stager can trust it
         await bus.publish(event, correlation_id=str(event.request_id), user_id=event.user)
         result = StageResult(event.request_id)
         if collect:

@@ -91,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     stage.add_argument("--rse", help="destination RSE (default: $DLAAS_RSE)")
     stage.add_argument("--lifetime-days", type=float, help="rule lifetime")
+    stage.add_argument("--dry-run", action="store_true", help="show what would be staged")
     stage.add_argument(
         "--wait", action="store_true", help="wait until every file is ready"
     )
@@ -151,6 +152,10 @@ async def _stage(
         )
         return EXIT_USAGE
     started = time.monotonic()
+    if args.dry_run:
+        return await _dry_run(
+            selection.dids, rse, settings, printer.out, as_json=args.json
+        )
     result = await api.astage(selection.dids, rse=rse, lifetime_days=args.lifetime_days,
                               wait=args.wait, timeout=args.timeout, settings=settings.bus,
                               on_update=printer)  # fmt: skip
@@ -169,6 +174,22 @@ async def _stage(
         if args.json and result.ok
         else (EXIT_FAILED if args.json else _summary(result, started, printer.out))
     )
+
+
+async def _dry_run(
+    dids: list[str], rse: str, settings: ClientSettings, out: TextIO, *, as_json: bool
+) -> int:
+    result = await api.astage(
+        dids, rse=rse, dry_run=True, timeout=120, settings=settings.bus
+    )
+    for entry in result.plan:
+        print(entry.model_dump_json() if as_json else (
+            f"{entry.did}  {entry.kind}  {entry.reason}" if entry.reason else
+            f"{entry.did}  {entry.kind}  {entry.files} files  {entry.bytes} bytes  "
+            f"{entry.available} already at {rse}"), file=out)  # fmt: skip
+    if not as_json:
+        print("dry run: nothing was created", file=out)
+    return EXIT_FAILED if any(e.reason for e in result.plan) else EXIT_OK
 
 
 def _selection(args: argparse.Namespace) -> sources.Selection:

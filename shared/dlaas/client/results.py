@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from uuid import UUID
 
-from dlaas.contracts import Notification, RequestStatus
+from dlaas.contracts import Notification, PlanEntry, RequestStatus
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class StageResult:
     completed: bool = False
     reason: str | None = None  # the request as a whole failed
     summary: str | None = None
+    plan: list[PlanEntry] = field(default_factory=list)  # a dry run's answer
 
     @property
     def ok(self) -> bool:
@@ -71,6 +72,9 @@ class StageResult:
 
     def apply_status(self, status: RequestStatus) -> None:
         """Fold a status report in: what is ready and failed so far."""
+        if status.state == "planned":
+            self.plan, self.completed = list(status.plan), True
+            return
         if status.state == "unknown":
             self.reason, self.completed = "no such request of yours", True
             return

@@ -29,6 +29,9 @@ class RuleRequested(RequestEvent):
         default=None, gt=0, description="Rule lifetime; the stager's default when absent"
     )
     activity: str | None = Field(default=None, description="Rucio transfer activity")
+    dry_run: bool = Field(
+        default=False, description="Only report what would be staged; create nothing"
+    )
     channels: list[str] | None = Field(
         default=None,
         max_length=8,
@@ -104,14 +107,32 @@ class ReadyEntry(BaseModel):
     bytes: int = Field(default=0, ge=0, description="File size")
 
 
+class PlanEntry(BaseModel):
+    """What one requested DID amounts to (a dry run)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    did: str = Field(description="The requested DID")
+    kind: str = Field(
+        description="FILE, DATASET or CONTAINER; UNKNOWN when Rucio has none"
+    )
+    files: int = Field(default=0, ge=0, description="Files it resolves to")
+    bytes: int = Field(default=0, ge=0, description="Their bytes")
+    available: int = Field(default=0, ge=0, description="Already at the destination")
+    reason: str | None = Field(default=None, description="Why Rucio refused it")
+
+
 class RequestStatus(RequestEvent):
     """Where a request stands, sent to its user only (routing key ``user.<u>.<id>.status``)."""
 
     event_type: ClassVar[str] = "request-status.v1"
     producer: ClassVar[str] = "stager"
 
-    state: Literal["accepted", "completed", "cancelled", "failed", "unknown"] = Field(
-        description="The request's state; unknown also for someone else's request"
+    state: Literal[
+        "accepted", "completed", "cancelled", "failed", "unknown", "planned"
+    ] = Field(description="The request's state; unknown also for someone else's request")
+    plan: list[PlanEntry] = Field(
+        default_factory=list, description="Per requested DID, for a dry run"
     )
     rse: str | None = Field(default=None, description="Destination RSE")
     files_total: int = Field(default=0, ge=0, description="Files of the request")

@@ -184,6 +184,12 @@ class RucioCatalog:
                 return str(rule["id"])
         raise TransientError(f"DuplicateRule for {did} but no matching rule found yet")
 
+    async def did_kind(self, did: str) -> str:
+        """FILE, DATASET or CONTAINER."""
+        scope, _, name = did.partition(":")
+        row = await self._call("get_did", lambda c: c.get_did(scope, name))
+        return str(row["type"]).upper()
+
     async def register_replica(self, rse: str, file: FileInfo, pfn: str) -> None:
         """Register a replica (e.g. a notebook's output on scratch); a repeat is success."""
         scope, _, name = file.did.partition(":")
