@@ -29,7 +29,8 @@ class Admin:
         token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
         request.add_header("Content-Type", "application/json")
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+        # generous: vhosts of quorum queues take seconds to create or delete on 2 cores
+        with urllib.request.urlopen(request, timeout=120) as response:  # noqa: S310
             text = response.read()
         return json.loads(text) if text else None
 

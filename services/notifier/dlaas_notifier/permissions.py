@@ -94,7 +94,7 @@ class ManagementApi:
         """Replace the user's permissions and topic permissions in ``vhost`` by ``grant``."""
         where = f"{quote(vhost, safe='')}/{quote(grant.user, safe='')}"
         async with httpx.AsyncClient(
-            base_url=self.url.rstrip("/"), auth=(self.user, self.password), timeout=10
+            base_url=self.url.rstrip("/"), auth=(self.user, self.password), timeout=120
         ) as api:
             rights = {"configure": grant.configure, "write": grant.write}
             response = await api.put(
