@@ -256,6 +256,7 @@ NotificationKind = Literal[
     "accepted",
     "file-ready",
     "file-failed",
+    "file-published",
     "completed",
     "failed",
     "cancelled",
