@@ -32,6 +32,7 @@ class _Printer:
         self.out = out
         self.bar: tqdm[Never] | None = None
         self.show_bar = not as_json and sys.stderr.isatty()
+        self.pending: str | None = None
 
     def __call__(self, note: Notification, result: StageResult) -> None:
         if self.as_json:
@@ -40,17 +41,28 @@ class _Printer:
         if note.kind == "accepted" and self.show_bar and note.bytes:
             self.bar = tqdm(total=note.bytes, unit="B", unit_scale=True, desc="staging",
                             file=sys.stderr)  # fmt: skip
-        line = _line(note)
-        if line:
-            (self.bar.write if self.bar else print)(line, file=self.out)
+        if note.kind == "completed" and not result.done:
+            self.pending = note.text  # the last files' lines may still be on their way
+        else:
+            self._write(_line(note))
+        if self.pending and result.done:
+            self._write(self.pending)
+            self.pending = None
         if self.bar is not None:
             self.bar.n = sum(f.bytes for f in result.ready.values())
             files = len(result.ready) + len(result.failed)
             self.bar.set_postfix_str(f"{files}/{result.files_total} files", refresh=True)
 
+    def _write(self, line: str | None) -> None:
+        if line:
+            (self.bar.write if self.bar else print)(line, file=self.out)
+
     def close(self) -> None:
+        self._write(self.pending)
+        self.pending = None
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
 
 def _line(note: Notification) -> str | None:
@@ -131,6 +143,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _summary(result: StageResult, started: float, out: TextIO) -> int:
+    """The last line, after the progress bar is gone; the exit code."""
     print(f"done: {len(result.ready)} ready, {len(result.failed)} failed"
           f"{', ' + result.reason if result.reason else ''} in "
           f"{time.monotonic() - started:.1f} s", file=out)  # fmt: skip
