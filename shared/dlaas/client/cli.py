@@ -33,8 +33,13 @@ class _Printer:
         self.bar: tqdm[Never] | None = None
         self.show_bar = not as_json and sys.stderr.isatty()
         self.pending: str | None = None
+        self.shown: set[str] = set()  # files already printed (wait: status, then live)
 
     def __call__(self, note: Notification, result: StageResult) -> None:
+        if note.did is not None:
+            if note.did in self.shown:
+                return
+            self.shown.add(note.did)
         if self.as_json:
             print(note.model_dump_json(), file=self.out, flush=True)
             return
@@ -172,6 +177,7 @@ async def _stage(
     result = await api.astage(selection.dids, rse=rse, lifetime_days=args.lifetime_days,
                               wait=args.wait, timeout=args.timeout, settings=settings.bus,
                               on_update=printer)  # fmt: skip
+    printer.close()
     if not args.wait:
         text = (
             json.dumps({"request_id": str(result.request_id)})
@@ -238,6 +244,7 @@ async def _wait(
             ),
             result,
         )
+    printer.close()
     return (
         _summary(result, started, printer.out)
         if not args.json
