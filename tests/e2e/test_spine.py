@@ -130,7 +130,10 @@ async def test_a_dataset_staged_in_a_terminal_becomes_ready_files_for_its_user_o
     assert sorted(paths.values()) == sorted(str(n["path"]) for n in ready.values())
     assert wait_code == 0  # already complete: returns at once
     assert (bob_code, bobs["reason"]) == (1, "no such request of yours")
-    assert sorted(str(n["kind"]) for n in inbox) == sorted(
+    mine = [
+        n for n in inbox if n["request_id"] == request_id
+    ]  # alice's earlier requests too
+    assert sorted(str(n["kind"]) for n in mine) == sorted(
         ["accepted", "file-ready", "file-ready", "file-ready", "completed"]
     )  # the inbox kept all of it for later; statuses never go there
     completed = [n for n in notes if n["kind"] == "completed"]
