@@ -8,11 +8,11 @@ dropped with a log line rather than blocking or growing without bound.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import structlog
 from aio_pika.exceptions import AMQPError
 
+from dlaas.background import Background
 from dlaas.bus.connection import Bus
 from dlaas.contracts import CacheMiss
 from dlaas_cache_router.ports import Miss
@@ -26,7 +26,7 @@ class MissPublisher:
     def __init__(self, bus: Bus, max_pending: int) -> None:
         self.bus = bus
         self._pending: asyncio.Queue[Miss] = asyncio.Queue(max_pending)
-        self._task: asyncio.Task[None] | None = None
+        self._task = Background()
         self.published = 0
         self.dropped = 0
 
@@ -40,15 +40,11 @@ class MissPublisher:
 
     def start(self) -> None:
         """Start publishing."""
-        self._task = asyncio.create_task(self._run(), name="cache-miss-publisher")
+        self._task.start(self._run, "cache-miss-publisher")
 
     async def stop(self) -> None:
         """Stop publishing (what is still queued is dropped)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
 
     async def _run(self) -> None:
         while True:

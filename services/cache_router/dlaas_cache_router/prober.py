@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 
 import structlog
 
+from dlaas.background import Background
 from dlaas_cache_router.health import HealthBook
 from dlaas_cache_router.ports import CacheClient
 from dlaas_cache_router.settings import ProbeOptions
@@ -25,7 +25,7 @@ class Prober:
         self.client = client
         self.options = options
         self.book = HealthBook(options.failures_to_dead)
-        self._task: asyncio.Task[None] | None = None
+        self._task = Background()
 
     def alive(self, cache: str) -> bool:
         """Whether ``cache`` is taken as alive now."""
@@ -48,15 +48,11 @@ class Prober:
         if not self.options.interval_s or not self.caches:
             return
         await self.probe_all()
-        self._task = asyncio.create_task(self._run(), name="cache-prober")
+        self._task.start(self._run, "cache-prober")
 
     async def stop(self) -> None:
         """Stop probing."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
 
     async def _run(self) -> None:
         while True:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import structlog
 
+from dlaas.background import Background
 from dlaas.bus.metrics import EXTERNAL_CALLS
 from dlaas_fuse_agent import domain
 from dlaas_fuse_agent.ports import Mount
@@ -34,7 +35,7 @@ class MountWatcher:
         )
         self.remounts = 0  # in all, for logs and tests
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._task = Background()
 
     @property
     def healthy(self) -> bool:
@@ -49,15 +50,11 @@ class MountWatcher:
         """Mount, check once, then watch in the background."""
         await self._mount()
         await self.check_once()
-        self._task = asyncio.create_task(self._run(), name=f"watch-{self.rse}")
+        self._task.start(self._run, f"watch-{self.rse}")
 
     async def stop(self) -> None:
         """Stop watching and unmount."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
         await self.mount.unmount()
 
     async def check_once(self) -> None:

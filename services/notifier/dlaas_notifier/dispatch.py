@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import structlog
 
+from dlaas.background import Background
 from dlaas_notifier import aggregation
 from dlaas_notifier.outbox import DEAD, DROPPED, Outbox, Outgoing
 from dlaas_notifier.ports import DeliveryError, OutMessage, Sender
@@ -42,19 +43,15 @@ class Dispatcher:
         self.options = options
         self.clock = clock
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._task = Background()
 
     def start(self) -> None:
         """Run in the background until :meth:`stop`."""
-        self._task = asyncio.create_task(self._run(), name=f"dispatch-{self.channel}")
+        self._task.start(self._run, f"dispatch-{self.channel}")
 
     async def stop(self) -> None:
         """Stop sending (a message in hand is retried after its lease)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
 
     def wake(self) -> None:
         """Something was enqueued: look now rather than at the next poll."""

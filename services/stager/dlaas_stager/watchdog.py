@@ -9,12 +9,12 @@ Rucio reported (or the rule's error); a rule that is OK stages what it owes (a l
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from dataclasses import dataclass, field
 
 import structlog
 
+from dlaas.background import Background
 from dlaas.errors import DlaasError, PermanentError
 from dlaas_stager import domain
 from dlaas_stager.ports import Catalog
@@ -36,18 +36,15 @@ class Watchdog:
     announcer: Announcer
     interval_s: float
     after_s: float
-    _task: asyncio.Task[None] | None = field(default=None, init=False)
+    _task: Background = field(default_factory=Background, init=False)
 
     def start(self) -> None:
         """Run in the background until :meth:`stop`."""
-        self._task = asyncio.get_running_loop().create_task(self._loop())
+        self._task.start(self._loop, "stager-watchdog")
 
     async def stop(self) -> None:
         """Stop the loop."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._task.stop()
 
     async def _loop(self) -> None:
         while True:
