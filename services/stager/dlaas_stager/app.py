@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from sqlalchemy.exc import InterfaceError, OperationalError
+
 from dlaas.bus import decoders, topology
 from dlaas.bus.connection import Bus
 from dlaas.bus.consumer import Consumer, Handler
@@ -26,6 +28,9 @@ from dlaas_stager.staging import Announcer
 from dlaas_stager.status import StatusReporter
 from dlaas_stager.store import Store
 from dlaas_stager.watchdog import Watchdog
+
+# A busy or unreachable state store delays a message (retry with backoff), never loses it.
+DATABASE_AWAY = (OperationalError, InterfaceError)
 
 
 async def build(
@@ -63,11 +68,14 @@ async def build(
                  {RuleRequested.event_type: stager.on_rule_requested,
                   CancelRequested.event_type: stager.on_cancel_requested,
                   StatusRequested.event_type: StatusReporter(bus, store).on_status_requested,
-                  PublishRequested.event_type: stager.on_publish_requested}),
-        Consumer(bus, topology.STAGER_HERMES, decoders.hermes(set(hermes)), hermes),
+                  PublishRequested.event_type: stager.on_publish_requested},
+                 transient=DATABASE_AWAY),
+        Consumer(bus, topology.STAGER_HERMES, decoders.hermes(set(hermes)), hermes,
+                 transient=DATABASE_AWAY),
         Consumer(bus, topology.STAGER_PROGRESS, decoders.events(FileVisible, FileFailed),
                  {FileVisible.event_type: stager.on_file_visible,
-                  FileFailed.event_type: stager.on_file_failed}),
+                  FileFailed.event_type: stager.on_file_failed},
+                 transient=DATABASE_AWAY),
     ]  # fmt: skip
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -104,6 +105,14 @@ class Summary:
     def done(self) -> bool:
         """Every file is visible or failed."""
         return not (self.by_state.get(PENDING, 0) or self.by_state.get(STAGED, 0))
+
+
+def _sqlite_pragmas(connection: Any, _: object) -> None:  # noqa: ANN401  (DB-API connection)
+    """WAL: readers never block the writer; NORMAL sync is safe with WAL."""
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
 
 
 class Store:

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Self
 
 import aio_pika
+import aiormq
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractRobustConnection,
+)
 
 from dlaas.bus import topology
 from dlaas.contracts.base import Event
@@ -16,6 +24,110 @@ from dlaas.settings import BusSettings
 log = structlog.get_logger(__name__)
 
 JSON = "application/json"
+
+
+@dataclass
+class _Tags:
+    """Delivery tags of one AMQP channel that are handled but not yet acked."""
+
+    floor: int = 0  # every tag <= floor is settled
+    done: set[int] = field(default_factory=set)  # handled, ack not sent yet
+    settled: set[int] = field(default_factory=set)  # > floor, acked or rejected alone
+
+
+class Acks:
+    """Acks of handled deliveries, sent once per event-loop turn, many in one frame.
+
+    A handler's ack is queued, not written: at the end of the loop turn every channel gets
+    one ``basic.ack(multiple=True)`` up to the highest tag below which every delivery is
+    handled (tags are consecutive per channel), plus single acks for handled tags above a
+    gap (a delivery still in a handler). A tag we never saw stops the run, so a multiple
+    ack never covers a message nobody handled: at-least-once holds, the broker does a
+    fraction of the settle work.
+    """
+
+    def __init__(self) -> None:
+        self._tags: dict[aiormq.abc.AbstractChannel, _Tags] = {}
+        self._flushing: asyncio.Task[None] | None = None
+        self._scheduled = False
+
+    def ack(self, message: AbstractIncomingMessage) -> None:
+        """Queue the ack of a handled message (sent at the end of this loop turn)."""
+        tags = self._for(message)
+        if tags is None or message.delivery_tag is None:
+            return  # its channel is gone: the broker redelivers it, handlers are idempotent
+        tags.done.add(message.delivery_tag)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._start_flush)
+
+    async def reject(self, message: AbstractIncomingMessage) -> None:
+        """Reject without requeue now (its queue dead-letters it) and remember it settled."""
+        await message.reject(requeue=False)
+        tags = self._for(message)
+        if tags is not None and message.delivery_tag is not None:
+            tags.settled.add(message.delivery_tag)
+
+    async def drain(self) -> None:
+        """Send every queued ack now (before the channel closes)."""
+        while self._scheduled or self._flushing is not None:
+            if self._flushing is None:
+                self._start_flush()
+            task = self._flushing
+            if task is not None:
+                await task
+
+    def _for(self, message: AbstractIncomingMessage) -> _Tags | None:
+        try:
+            channel = message.channel
+        except aiormq.exceptions.ChannelInvalidStateError:
+            return None
+        tags = self._tags.get(channel)
+        if tags is None:
+            for closed in [c for c in self._tags if c.is_closed]:
+                del self._tags[closed]
+            tags = self._tags[channel] = _Tags()
+        return tags
+
+    def _start_flush(self) -> None:
+        if self._flushing is not None:
+            return  # _flushed starts the next one: acks go out in tag order
+        self._scheduled = False
+        self._flushing = asyncio.create_task(self._flush())
+        self._flushing.add_done_callback(self._flushed)
+
+    def _flushed(self, _: asyncio.Task[None]) -> None:
+        self._flushing = None
+        if self._scheduled:
+            self._start_flush()
+
+    async def _flush(self) -> None:
+        for channel, tags in list(self._tags.items()):
+            upto, singles = _settle(tags)
+            try:
+                if upto is not None:
+                    await channel.basic_ack(upto, multiple=True)
+                for tag in singles:
+                    await channel.basic_ack(tag)
+            except (aiormq.exceptions.AMQPError, ConnectionError) as exc:
+                log.warning("ack_failed", error=repr(exc))  # redelivered: idempotent
+
+
+def _settle(tags: _Tags) -> tuple[int | None, list[int]]:
+    """The tag to ack with ``multiple`` and the ones to ack alone; moves the floor."""
+    upto, tag = None, tags.floor + 1
+    while tag in tags.done or tag in tags.settled:
+        if tag in tags.done:
+            tags.done.discard(tag)
+            upto = tag
+        else:
+            tags.settled.discard(tag)
+        tag += 1
+    tags.floor = tag - 1
+    singles = sorted(tags.done)
+    tags.settled.update(singles)
+    tags.done.clear()
+    return upto, singles
 
 
 class Bus:
@@ -31,6 +143,7 @@ class Bus:
         self._channel: AbstractChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
         self._on_close: list[Callable[[], Awaitable[None]]] = []
+        self.acks = Acks()
 
     def on_close(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Release ``callback``'s resource when the bus closes (stores, HTTP clients)."""
@@ -95,6 +208,7 @@ class Bus:
     async def close(self) -> None:
         """Close the connection, then what was registered with :meth:`on_close` (idempotent)."""
         if self._connection is not None and not self._connection.is_closed:
+            await self.acks.drain()
             await self._connection.close()
         while self._on_close:
             await self._on_close.pop()()

@@ -31,6 +31,7 @@ from dlaas.errors import MessageRejectedError, PermanentError, TransientError
 
 log = structlog.get_logger(__name__)
 
+SLOW_S = 1.0  # a message handled slower than this is logged at info, the others at debug
 ATTEMPT_HEADER = "x-dlaas-attempt"
 REASON_HEADER = "x-dlaas-reason"
 
@@ -84,14 +85,20 @@ class Consumer:
         spec: topology.QueueSpec,
         decoder: Decoder,
         handlers: Mapping[str, Handler],
+        *,
+        transient: tuple[type[Exception], ...] = (),
     ) -> None:
         self.bus = bus
         self.spec = spec
         self.decoder = decoder
         self.handlers = dict(handlers)
+        # the service's own "try again later" errors (e.g. a database that is busy or away)
+        self.transient: tuple[type[Exception], ...] = (TransientError, *transient)
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
         self._inflight = 0
+        self._max_attempts = len(bus.settings.retry_delays_s) + 1
+        self._metrics: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -118,6 +125,7 @@ class Consumer:
             log.warning(
                 "stop_grace_exceeded", queue=self.spec.name, inflight=self._inflight
             )
+        await self.bus.acks.drain()
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         """Handle one delivery; never raises."""
@@ -141,14 +149,27 @@ class Consumer:
             started = time.perf_counter()
             kind, outcome = await self._process(message, attempt)
             duration = time.perf_counter() - started
-            MESSAGES.labels(self.spec.name, kind, outcome).inc()
-            HANDLER_SECONDS.labels(self.spec.name, kind).observe(duration)
-            log.info(
+            self._observe(kind, outcome, duration)
+            # one line per message costs more CPU than a hop's own work: debug, unless slow
+            # (retries and dead letters log their own warning and error lines)
+            (log.info if duration >= SLOW_S else log.debug)(
                 "message_handled",
                 type=kind,
                 outcome=outcome,
                 duration_ms=round(duration * 1000, 2),
             )
+
+    def _observe(self, kind: str, outcome: str, duration: float) -> None:
+        """Count the message; the labelled metric children are looked up once per label set."""
+        children = self._metrics.get((kind, outcome))
+        if children is None:
+            children = (
+                MESSAGES.labels(self.spec.name, kind, outcome),
+                HANDLER_SECONDS.labels(self.spec.name, kind),
+            )
+            self._metrics[kind, outcome] = children
+        children[0].inc()
+        children[1].observe(duration)
 
     async def _process(
         self, message: AbstractIncomingMessage, attempt: int
@@ -159,7 +180,7 @@ class Consumer:
             await self._dead_letter(message, _reason(exc))
             return "invalid", "dead_lettered"
         if decoded.model is None:
-            await message.ack()
+            self.bus.acks.ack(message)
             return decoded.kind, "ignored"
         handler = self.handlers.get(decoded.kind)
         if handler is None:
@@ -168,7 +189,7 @@ class Consumer:
         delivery = Delivery(
             queue=self.spec.name,
             attempt=attempt,
-            max_attempts=len(self.bus.settings.retry_delays_s) + 1,
+            max_attempts=self._max_attempts,
             message_id=message.message_id,
             correlation_id=message.correlation_id,
             user_id=message.user_id,
@@ -197,7 +218,7 @@ class Consumer:
     ) -> str:
         try:
             await handler(model, delivery)
-        except TransientError as exc:
+        except self.transient as exc:
             if delivery.last_attempt:
                 await self._dead_letter(message, f"retries exhausted: {_reason(exc)}")
                 return "dead_lettered"
@@ -210,7 +231,7 @@ class Consumer:
             log.exception("handler_crashed")
             await self._dead_letter(message, f"handler error: {_reason(exc)}")
             return "dead_lettered"
-        await message.ack()
+        self.bus.acks.ack(message)  # sent with others at the end of this loop turn
         return "ok"
 
     def _copy(
@@ -243,7 +264,7 @@ class Consumer:
         log.warning("retry_scheduled", reason=reason, delay_s=delays[index])
         copy = self._copy(message, {ATTEMPT_HEADER: attempt + 1, REASON_HEADER: reason})
         await self.bus.send_to_queue(self.spec.retry(delays[index]), copy)
-        await message.ack()
+        self.bus.acks.ack(message)
 
     async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
         log.error("dead_lettered", reason=reason, dlq=self.spec.dlq)
@@ -260,6 +281,6 @@ class Consumer:
             await self.bus.send_to_queue(self.spec.dlq, copy)
         except Exception:  # the queue's own dead-letter route still keeps it
             log.exception("dead_letter_publish_failed")
-            await message.reject(requeue=False)
+            await self.bus.acks.reject(message)
             return
-        await message.ack()
+        self.bus.acks.ack(message)

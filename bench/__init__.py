@@ -1,0 +1,1 @@
+"""Reproducible benchmarks of dlaas against a bare aio-pika baseline (`python -m bench`)."""

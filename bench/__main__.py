@@ -1,0 +1,204 @@
+"""``python -m bench [--full] [--only saturation,latency,store]``: every figure, as tables.
+
+Small sizes by default (a few minutes); ``--full`` for the sizes of bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import platform
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import hops, store
+from bench.common import load_average, workspace
+from bench.overlay import bus_overlay
+from bench.pipeline import RunResult, run_once
+from bench.variants import Baseline, Dlaas, Variant
+
+SECTIONS = ("hop", "saturation", "latency", "store")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much each section does."""
+
+    files: int
+    runs: int
+    hop_messages: int
+    latency_files: int
+    store_files: int
+    lookups: int
+
+
+SMALL = Sizes(
+    files=1_000,
+    runs=3,
+    hop_messages=3_000,
+    latency_files=600,
+    store_files=10_000,
+    lookups=2_000,
+)
+FULL = Sizes(
+    files=5_000,
+    runs=5,
+    hop_messages=20_000,
+    latency_files=2_000,
+    store_files=100_000,
+    lookups=10_000,
+)
+
+
+@dataclass(frozen=True)
+class Options:
+    """Which pipelines run beside the baseline and dlaas."""
+
+    before_bus: Path | None = (
+        None  # an overlay with another revision's bus (bench.overlay)
+    )
+    pg: bool = False  # dlaas with the stager's state in PostgreSQL too
+    profile: Path | None = None
+
+
+def _variants(options: Options, pg_url: str | None = None) -> list[Variant]:
+    variants: list[Variant] = [Baseline(), Dlaas()]
+    if options.before_bus is not None:
+        path = str(options.before_bus.resolve())
+        variants.append(Dlaas(name="dlaas-before", pythonpath=path))
+    if pg_url is not None:
+        variants.append(Dlaas(db_url=pg_url, name="dlaas-pg"))
+    return variants
+
+
+async def saturation(sizes: Sizes, options: Options) -> dict[str, list[RunResult]]:
+    """Alternate the pipelines run by run so that all see the same machine."""
+    if not options.pg:
+        return await _saturation(sizes, options.profile, _variants(options))
+    async with store.postgres_db() as (url, _):
+        return await _saturation(sizes, options.profile, _variants(options, url))
+
+
+async def _saturation(
+    sizes: Sizes, profile: Path | None, variants: list[Variant]
+) -> dict[str, list[RunResult]]:
+    results: dict[str, list[RunResult]] = {v.name: [] for v in variants}
+    for index in range(sizes.runs):
+        for variant in variants:
+            where = profile / f"{variant.name}-{index}" if profile else None
+            result = await run_once(variant, sizes.files, 0, profile=where)
+            results[variant.name].append(result)
+            print(
+                f"  saturation run {index + 1}/{sizes.runs} {variant.name}: "
+                f"{result.throughput:.0f} files/s, {result.lost} lost "
+                f"(load {load_average()})",
+                flush=True,
+            )
+    return results
+
+
+def _median_run(runs: list[RunResult]) -> RunResult:
+    return sorted(runs, key=lambda r: r.throughput)[len(runs) // 2]
+
+
+def print_saturation(results: dict[str, list[RunResult]]) -> float:
+    """Throughput and CPU tables; the baseline's median throughput."""
+    base = statistics.median(r.throughput for r in results["baseline"])
+    print("\n## Throughput at saturation (files/s reaching the user)")
+    print("| pipeline | runs | median | min | max | vs baseline | files lost |")
+    print("|---|---|---|---|---|---|---|")
+    for name, runs in results.items():
+        values = [r.throughput for r in runs]
+        median = statistics.median(values)
+        print(
+            f"| {name} | {len(values)} | {median:.0f} | {min(values):.0f} | "
+            f"{max(values):.0f} | {median / base:.2f}x | "
+            f"{sum(r.lost for r in runs)} of {sum(r.files for r in runs)} |"
+        )
+    print("\n## CPU per file at saturation (ms, run of median throughput)")
+    print("| pipeline | per process | Python total | broker (beam.smp) |")
+    print("|---|---|---|---|")
+    for name, runs in results.items():
+        cpu = _median_run(runs).cpu_ms
+        python = sum(v for k, v in cpu.items() if k != "broker")
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in cpu.items() if k != "broker")
+        print(
+            f"| {name} | {parts} | {python:.2f} | {cpu.get('broker', float('nan')):.2f} |"
+        )
+    return base
+
+
+async def latency(sizes: Sizes, base: float) -> list[RunResult]:
+    """Both pipelines at 100 events/s and at half the baseline's saturation."""
+    results = []
+    for rate in (100.0, round(base / 2)):
+        for variant in _variants(Options()):
+            result = await run_once(variant, sizes.latency_files, rate)
+            results.append(result)
+            print(f"  latency {variant.name} at {rate:.0f}/s done", flush=True)
+    return results
+
+
+def print_latency(results: list[RunResult]) -> None:
+    """Latency table, with what clients polling every 10 s would see."""
+    print(
+        "\n## Latency: transfer-done published -> the user's notification received (ms)"
+    )
+    print(
+        "| pipeline | offered/s | delivered/s | p50 | p99 | max | 10 s poll p50 "
+        "| poll p99 | lost |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        print(
+            f"| {r.variant} | {r.offered:.0f} | {r.throughput:.0f} | {r.latency.p50:.0f} | "
+            f"{r.latency.p99:.0f} | {r.latency.max:.0f} | {r.polled.p50:.0f} | "
+            f"{r.polled.p99:.0f} | {r.lost} |"
+        )
+
+
+def main() -> None:
+    """Parse arguments and run the benchmarks."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--full", action="store_true", help="full sizes (slow)")
+    parser.add_argument("--only", default=",".join(SECTIONS), help="sections to run")
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy every service into this folder"
+    )
+    parser.add_argument(
+        "--before-bus",
+        metavar="REV",
+        help="also run dlaas with the bus of git revision REV (e.g. HEAD)",
+    )
+    parser.add_argument("--pg", action="store_true", help="also run dlaas on PostgreSQL")
+    args = parser.parse_args()
+    sizes = FULL if args.full else SMALL
+    with workspace() as scratch:
+        overlay = bus_overlay(args.before_bus, scratch) if args.before_bus else None
+        run_all(sizes, set(args.only.split(",")), Options(overlay, args.pg, args.profile))
+
+
+def run_all(sizes: Sizes, only: set[str], options: Options) -> None:
+    """Run the chosen sections, printing each table as it is ready."""
+    print(
+        f"# dlaas bench {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, "
+        f"{platform.node()}, {platform.python_version()}, load {load_average()}"
+    )
+    base = 0.0
+    if "hop" in only:
+        hop_runs = asyncio.run(
+            hops.compare(sizes.hop_messages, sizes.runs, options.before_bus)
+        )
+        hops.print_table(hop_runs)
+    if "saturation" in only:
+        base = print_saturation(asyncio.run(saturation(sizes, options)))
+    if "latency" in only:
+        print_latency(asyncio.run(latency(sizes, base or 400.0)))
+    if "store" in only:
+        store.print_table(asyncio.run(store.compare(sizes.store_files, sizes.lookups)))
+
+
+if __name__ == "__main__":
+    main()

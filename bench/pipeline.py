@@ -1,0 +1,178 @@
+"""One run of a pipeline: start it, play hermes traffic through it, time and cost each file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
+
+from bench.common import (
+    Quantiles,
+    broker_pid,
+    cpu_seconds,
+    did_of,
+    spawn_python,
+    stop,
+    throwaway_vhost,
+    wait_logged,
+    workspace,
+)
+from bench.profile import sampling
+from bench.variants import Variant
+from dlaas_devstack import _proc
+from dlaas_devstack.broker import Vhost
+
+POLL_S = 10.0
+STALL_S = 20.0
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What one run measured."""
+
+    variant: str
+    files: int
+    offered: float  # events/s offered; 0: as fast as the broker confirms
+    throughput: float  # files/s reaching the user, between 10 % and 90 % of them
+    latency: Quantiles  # transfer-done published -> the user's notification received
+    polled: Quantiles  # the same seen by a client polling every POLL_S
+    cpu_ms: dict[str, float]  # CPU per file of each process and of the broker
+    lost: int = 0  # files whose notification never came (dead-lettered on the way)
+
+
+async def run_once(
+    variant: Variant, n: int, rate: float, *, profile: Path | None = None
+) -> RunResult:
+    """Run ``n`` files through ``variant`` on a throwaway vhost."""
+    run = uuid.uuid4().hex[:6]
+    with throwaway_vhost() as vhost, workspace() as workdir:
+        sink_queue = await variant.prepare(vhost, workdir, run, n)
+        children = variant.spawn(vhost, workdir)
+        try:
+            for child in children:
+                wait_logged(child, "service_started")
+            pids = {child.name: child.pid for child in children}
+            with sampling(pids, profile):
+                received, cpu = await _drive(
+                    variant,
+                    vhost,
+                    workdir,
+                    sink_queue=sink_queue,
+                    pids=pids,
+                    load=(run, n, rate),
+                )
+        finally:
+            stop(children)
+        sent = json.loads((workdir / "sent.json").read_text())
+    arrived = [received.get(did_of(i, run)) for i in range(n)]
+    return _result(variant.name, n, rate, sent=sent, received=arrived, cpu=cpu)
+
+
+async def _drive(
+    variant: Variant,
+    vhost: Vhost,
+    workdir: Path,
+    *,
+    sink_queue: str,
+    pids: dict[str, int],
+    load: tuple[str, int, float],
+) -> tuple[dict[str, float], dict[str, float]]:
+    run, n, rate = load
+    received: dict[str, float] = {}
+    done = asyncio.Event()
+    connection = await aio_pika.connect(vhost.url())
+    channel = await connection.channel()
+    await channel.set_qos(prefetch_count=200)
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        did = variant.did_in(message.body)
+        if did is not None:
+            received.setdefault(did, time.time())
+            if len(received) >= n:
+                done.set()
+        await message.ack()
+
+    queue = await channel.get_queue(sink_queue)
+    await queue.consume(on_message)
+    before = _cpu(pids)
+    args = [
+        vhost.url(),
+        "rucio.hermes",
+        run,
+        str(n),
+        str(rate),
+        str(workdir / "sent.json"),
+    ]
+    injector = spawn_python("inject", "bench.inject", args, workdir, {})
+    try:
+        await _until_done_or_stalled(done, received, injector)
+    finally:
+        await connection.close()
+        await asyncio.to_thread(injector.popen.wait, 60)
+    return received, _per_file(before, _cpu(pids), n)
+
+
+async def _until_done_or_stalled(
+    done: asyncio.Event, received: dict[str, float], injector: _proc.Child
+) -> None:
+    """Wait for every file, or until nothing arrived for STALL_S after the injection."""
+    last, count = time.monotonic(), 0
+    while not done.is_set():
+        await asyncio.sleep(0.5)
+        if len(received) != count or injector.alive():
+            last, count = time.monotonic(), len(received)
+        elif time.monotonic() - last > STALL_S:
+            return  # the rest is lost (dead-lettered somewhere): counted, not waited for
+
+
+def _cpu(pids: dict[str, int]) -> dict[str, float]:
+    cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    beam = broker_pid()
+    if beam is not None:
+        cpu["broker"] = cpu_seconds(beam)
+    return cpu
+
+
+def _per_file(
+    before: dict[str, float], after: dict[str, float], n: int
+) -> dict[str, float]:
+    return {name: (after[name] - before[name]) * 1000 / n for name in after}
+
+
+def _result(
+    variant: str,
+    n: int,
+    rate: float,
+    *,
+    sent: list[float],
+    received: list[float | None],
+    cpu: dict[str, float],
+) -> RunResult:
+    pairs = [(s, r) for s, r in zip(sent, received, strict=True) if r is not None]
+    arrivals = sorted(r for _, r in pairs)
+    low, high = arrivals[len(arrivals) // 10], arrivals[len(arrivals) * 9 // 10]
+    latencies = [r - s for s, r in pairs]
+    # the alternative: clients polling Rucio every POLL_S (each at its own phase) see
+    # the file at their first poll after transfer-done
+    rng = random.Random(n)
+    polled = []
+    for s, _ in pairs:
+        phase = rng.uniform(0, POLL_S)
+        polled.append(phase + POLL_S * (1 + (s - phase) // POLL_S) - s)
+    return RunResult(
+        variant=variant,
+        files=n,
+        offered=rate,
+        throughput=(len(arrivals) * 8 // 10) / max(high - low, 1e-9),
+        lost=n - len(pairs),
+        latency=Quantiles.of(latencies),
+        polled=Quantiles.of(polled),
+        cpu_ms=cpu,
+    )
