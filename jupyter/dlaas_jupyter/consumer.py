@@ -41,10 +41,9 @@ async def consume_once(relay: Relay, settings: BusSettings) -> None:
     async with connection:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=settings.prefetch)
-        # The same declaration as every dlaas client's: idempotent, and binding needs it.
-        exchange = await channel.declare_exchange(
-            topology.NOTIFY, aio_pika.ExchangeType.TOPIC, durable=True
-        )
+        # Looked up, not declared, as every dlaas client does: a user has no configure right
+        # on the exchanges (it would let them delete one).
+        exchange = await channel.get_exchange(topology.NOTIFY)
         queue = await channel.declare_queue(exclusive=True)
         await queue.bind(exchange, binding_key(relay.user))
         relay.set_status(connected=True)

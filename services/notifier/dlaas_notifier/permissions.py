@@ -58,7 +58,7 @@ def _any_of(patterns: list[str]) -> str:
     return "^(" + "|".join(patterns) + ")$"
 
 
-def user_grant(user: str, *, declares_exchanges: bool = True) -> UserGrant:
+def user_grant(user: str, *, declares_exchanges: bool = False) -> UserGrant:
     """The rights of end user ``user``.
 
     ``declares_exchanges``: the client declares the exchanges when it connects, which needs

@@ -134,8 +134,16 @@ class Bus:
     """A process's link to RabbitMQ: publisher confirms on, every message persistent."""
 
     def __init__(
-        self, settings: BusSettings, *, name: str, mandatory: bool = False
+        self,
+        settings: BusSettings,
+        *,
+        name: str,
+        mandatory: bool = False,
+        declare: bool = True,
     ) -> None:
+        self.declare = (
+            declare  # False (clients): look exchanges up, needing no configure right
+        )
         self.settings = settings
         self.name = name
         self.mandatory = mandatory  # raise DeliveryError when no queue takes a message
@@ -159,7 +167,8 @@ class Bus:
             publisher_confirms=True, on_return_raises=self.mandatory
         )
         await self._channel.set_qos(prefetch_count=self.settings.prefetch)
-        self._exchanges = await topology.declare_exchanges(self._channel)
+        lookup = topology.declare_exchanges if self.declare else topology.get_exchanges
+        self._exchanges = await lookup(self._channel)
         log.info("bus_connected", url=self.settings.display_url, service=self.name)
         return self
 

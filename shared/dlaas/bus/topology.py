@@ -149,6 +149,11 @@ async def declare_exchanges(channel: AbstractChannel) -> dict[str, AbstractExcha
     }
 
 
+async def get_exchanges(channel: AbstractChannel) -> dict[str, AbstractExchange]:
+    """Look dlaas's exchanges up without declaring them: needs no configure right (clients)."""
+    return {name: await channel.get_exchange(name) for name in EXCHANGES}
+
+
 async def declare_queue(
     channel: AbstractChannel, spec: QueueSpec, settings: BusSettings
 ) -> AbstractRobustQueue:

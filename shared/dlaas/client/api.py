@@ -122,7 +122,9 @@ async def _ask(
     collect: bool = True,
 ) -> StageResult:
     """Publish a request and fold in what comes back (with ``collect``)."""
-    bus = await Bus(settings, name=f"dlaas-client:{event.user}", mandatory=True).connect()
+    bus = await Bus(
+        settings, name=f"dlaas-client:{event.user}", mandatory=True, declare=False
+    ).connect()
     try:
         queue = await _listen(bus, event.user, event.request_id)
         # user_id: RabbitMQ checks it against our login, so the stager can trust it
@@ -163,7 +165,9 @@ async def await_request(
 async def ainbox(*, settings: BusSettings | None = None) -> list[Notification]:
     """Everything sent to us while we were away (the inbox is emptied as it is read)."""
     bus_settings = settings or ClientSettings().bus
-    bus = await Bus(bus_settings, name=f"dlaas-client:{bus_settings.login}").connect()
+    bus = await Bus(
+        bus_settings, name=f"dlaas-client:{bus_settings.login}", declare=False
+    ).connect()
     notes: list[Notification] = []
     try:
         queue = await bus.channel.get_queue(topology.inbox(bus_settings.login).name)
