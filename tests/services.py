@@ -48,10 +48,11 @@ async def running_services(
     mount: Path | None = None,
     hold: Collection[str] = (),
     watchdog_s: float = 20.0,
+    parked_ttl_s: float = 600,
 ) -> AsyncIterator[Stack]:
     """All four services consuming, each with its own connection, stopped on exit."""
     bus_settings = BusSettings.model_validate(
-        {"url": url, "retry_delays_s": retry_delays}
+        {"url": url, "retry_delays_s": retry_delays, "parked_ttl_s": parked_ttl_s}
     )
     stack = Stack(mount or tmp / "mnt" / "notebook", tmp / "views")
     stager = StagerSettings(

@@ -97,10 +97,11 @@ def _esc(name: str) -> str:
 
 
 def _side_queues() -> str:
-    """The dead-letter and retry queue names of a queue, as a suffix regex (any delay)."""
+    """The dead-letter, retry and parked queue names of a queue, as a suffix regex (any delay)."""
     nameless = topology.QueueSpec("", ())
     retry = _esc(nameless.retry(0)).replace("0", "[0-9]+")
-    return f"{_esc(nameless.dlq)}|{retry}"
+    parked = _esc(nameless.parked(0)).replace("0", "[0-9]+")
+    return f"{_esc(nameless.dlq)}|{retry}|{parked}"
 
 
 _SIDE_QUEUES = _side_queues()

@@ -25,6 +25,12 @@ class BusSettings(BaseModel):
         default=(1.0, 5.0, 30.0, 120.0),
         description="Backoff of transient failures; one retry queue per delay",
     )
+    parked_ttl_s: float = Field(
+        default=600,
+        ge=0,
+        description="After its retries a transient failure waits this long in <queue>.parked "
+        "and comes back, again and again (an outage delays, never loses); 0: dead-letter it",
+    )
     dlq_ttl_days: int = Field(
         default=7, ge=1, description="How long dead letters are kept"
     )

@@ -6,7 +6,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from dlaas.errors import PermanentError
+from dlaas.errors import PermanentError, TransientError
 from dlaas_stager.ports import FileInfo, Replica, RuleSpec, RuleState
 
 
@@ -25,6 +25,7 @@ class FakeCatalog:
     )  # rule id -> state (default OK)
     stuck: set[str] = field(default_factory=set)  # files whose locks are STUCK
     deleted: list[str] = field(default_factory=list)
+    outage: int = 0  # this many calls fail as if Rucio were down
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def add_dataset(self, did: str, n_files: int, size: int = 100) -> list[FileInfo]:
@@ -53,6 +54,9 @@ class FakeCatalog:
 
     async def list_files(self, dids: Sequence[str]) -> dict[str, list[FileInfo]]:
         self.calls.append("list_files")
+        if self.outage > 0:
+            self.outage -= 1
+            raise TransientError("Rucio list_files: ConnectionError: connection refused")
         return {did: self._files(did) for did in dids}
 
     async def add_rules(self, spec: RuleSpec) -> list[str]:

@@ -223,3 +223,21 @@ async def test_a_dry_run_reports_and_creates_nothing(
     assert planned["user.alice:ds9"].available == 1
     assert planned["user.alice:nope"].reason is not None
     assert "add_replication_rule" not in catalog.calls
+
+
+async def test_a_rucio_outage_delays_a_request_and_never_loses_it(
+    broker: Vhost, tmp_path: Path
+) -> None:
+    catalog = FakeCatalog(
+        outage=5
+    )  # more failures than retries: the request is parked once
+    files = catalog.add_dataset("user.alice:ds7", 1)
+    catalog.make_available(files[0].did, "NOTEBOOK")
+    async with running_services(
+        broker.url(), tmp_path, catalog, retry_delays=(0.2, 0.2), parked_ttl_s=1.0
+    ) as stack:
+        _place(stack, catalog.available[files[0].did, "NOTEBOOK"])
+        result = await astage(["user.alice:ds7"], rse="NOTEBOOK", timeout=60,
+                              settings=_bus(broker.url("alice")))  # fmt: skip
+    assert result.ok, result
+    assert catalog.calls.count("list_files") == 6  # 1 + 2 retries, parked, 1 + 2 retries

@@ -220,8 +220,7 @@ class Consumer:
             await handler(model, delivery)
         except self.transient as exc:
             if delivery.last_attempt:
-                await self._dead_letter(message, f"retries exhausted: {_reason(exc)}")
-                return "dead_lettered"
+                return await self._park_or_dead_letter(message, _reason(exc))
             await self._retry(message, delivery.attempt, _reason(exc))
             return "retried"
         except PermanentError as exc:
@@ -265,6 +264,23 @@ class Consumer:
         copy = self._copy(message, {ATTEMPT_HEADER: attempt + 1, REASON_HEADER: reason})
         await self.bus.send_to_queue(self.spec.retry(delays[index]), copy)
         self.bus.acks.ack(message)
+
+    async def _park_or_dead_letter(
+        self, message: AbstractIncomingMessage, reason: str
+    ) -> str:
+        """Retries exhausted on a transient error: park it (comes back later), never drop it."""
+        if not self.bus.settings.parked_ttl_s:
+            await self._dead_letter(message, f"retries exhausted: {reason}")
+            return "dead_lettered"
+        log.warning("parked", reason=reason, ttl_s=self.bus.settings.parked_ttl_s)
+        copy = self._copy(
+            message, {ATTEMPT_HEADER: 1, REASON_HEADER: f"parked: {reason}"}
+        )
+        await self.bus.send_to_queue(
+            self.spec.parked(self.bus.settings.parked_ttl_s), copy
+        )
+        self.bus.acks.ack(message)
+        return "parked"
 
     async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
         log.error("dead_lettered", reason=reason, dlq=self.spec.dlq)

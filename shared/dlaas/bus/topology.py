@@ -50,6 +50,10 @@ class QueueSpec:
         """Dead-letter queue of this queue."""
         return f"{self.name}.dlq"
 
+    def parked(self, ttl_s: float) -> str:
+        """Where a message waits after its retries, then comes back (named by its wait)."""
+        return f"{self.name}.parked.{round(ttl_s * 1000)}ms"
+
     def retry(self, delay_s: float) -> str:
         """Retry queue of one backoff delay (named by it: changing delays adds queues)."""
         return f"{self.name}.retry.{round(delay_s * 1000)}ms"
@@ -173,6 +177,19 @@ async def declare_queue(
                 settings,
                 {
                     "x-message-ttl": int(delay * 1000),
+                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": spec.name,
+                },
+            ),
+        )
+    if settings.parked_ttl_s:
+        await channel.declare_queue(
+            spec.parked(settings.parked_ttl_s),
+            durable=True,
+            arguments=_quorum(
+                settings,
+                {
+                    "x-message-ttl": int(settings.parked_ttl_s * 1000),
                     "x-dead-letter-exchange": "",
                     "x-dead-letter-routing-key": spec.name,
                 },
