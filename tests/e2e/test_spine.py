@@ -102,6 +102,9 @@ async def test_a_dataset_staged_in_a_terminal_becomes_ready_files_for_its_user_o
         bob_code, (bobs,) = await _dlaas("--json", "status", request_id, user="bob",
                                          broker=broker)  # fmt: skip
         _, inbox = await _dlaas("--json", "inbox", user="alice", broker=broker)
+        logs = "".join(
+            path.read_text(errors="replace") for path in services.logs().values()
+        )
         metrics = {
             name: _get(port, "/metrics") for name, port in services.http_ports.items()
         }
@@ -136,6 +139,10 @@ async def test_a_dataset_staged_in_a_terminal_becomes_ready_files_for_its_user_o
     assert sorted(str(n["kind"]) for n in mine) == sorted(
         ["accepted", "file-ready", "file-ready", "file-ready", "completed"]
     )  # the inbox kept all of it for later; statuses never go there
+    # no credential in any service's log of the whole run (Rucio's password, the broker URL's)
+    assert "secret" not in logs
+    assert f":{broker.url().split(':')[2].split('@')[0]}@" not in logs
+    assert '"request_id"' in logs  # the lines are structured JSON with the request's id
     completed = [n for n in notes if n["kind"] == "completed"]
     assert len(completed) == 1
     assert completed[0]["files_ready"] == 3
