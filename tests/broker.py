@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
+import aio_pika
 import pytest
 
+from dlaas.bus import topology
 from dlaas_devstack.broker import Admin, Vhost, create_vhost
 
 
@@ -37,5 +41,14 @@ def open_broker() -> Vhost:
         need(f"RabbitMQ not reachable at {host}:{port}")
     api = os.environ.get("DLAAS_TEST_RABBITMQ_API", f"http://{host}:15672/api")
     admin = Admin(api, url.username or "guest", url.password or "guest")
-    vhost = create_vhost(admin, f"dlaas-test-{uuid.uuid4().hex[:8]}")
-    return Vhost(admin, vhost.name, host, port)
+    created = create_vhost(admin, f"dlaas-test-{uuid.uuid4().hex[:8]}")
+    vhost = Vhost(admin, created.name, host, port)
+    # as an operator does (definitions, or a first service start): clients only look them up
+    with ThreadPoolExecutor(1) as pool:  # the fixture may be set up inside a running loop
+        pool.submit(asyncio.run, _declare_exchanges(vhost.url())).result(timeout=120)
+    return vhost
+
+
+async def _declare_exchanges(url: str) -> None:
+    async with await aio_pika.connect(url) as connection:
+        await topology.declare_exchanges(await connection.channel())
