@@ -102,8 +102,12 @@ def test_accounts_and_lifetimes() -> None:
     options = StagerOptions(
         default_lifetime_days=7, max_lifetime_days=30, accounts={"a@x": "alice"}
     )
-    assert stager.account_for("a@x", options.accounts) == "alice"
-    assert stager.account_for("bob", options.accounts) == "bob"
+    assert stager.account_for("a@x", options) == "alice"
+    assert stager.account_for("bob", options) == "bob"
+    strict = StagerOptions(accounts={"a@x": "alice"}, unmapped_users="refuse")
+    assert stager.account_for("a@x", strict) == "alice"
+    with pytest.raises(PermanentError, match="no Rucio account is mapped to 'bob'"):
+        stager.account_for("bob", strict)
     assert stager.lifetime_seconds(None, options) == 7 * 86400
     assert stager.lifetime_seconds(365, options) == 30 * 86400
 

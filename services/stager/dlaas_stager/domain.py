@@ -23,9 +23,16 @@ def check_user(event: RequestEvent, validated_user: str | None) -> None:
         )
 
 
-def account_for(user: str, accounts: Mapping[str, str]) -> str:
-    """The Rucio account a broker user acts as (its own name unless mapped)."""
-    return accounts.get(user, user)
+def account_for(user: str, options: StagerOptions) -> str:
+    """The Rucio account a broker user acts as: mapped, else its own name unless refused."""
+    if user in options.accounts:
+        return options.accounts[user]
+    if options.unmapped_users == "refuse":
+        raise PermanentError(
+            f"no Rucio account is mapped to {user!r}: ask the data-lake operators to add "
+            "you to DLAAS_STAGER__ACCOUNTS"
+        )
+    return user
 
 
 def lifetime_seconds(requested_days: float | None, options: StagerOptions) -> int:

@@ -86,7 +86,7 @@ class Stager:
         spec = RuleSpec(
             dids=dids,
             rse=event.rse,
-            account=domain.account_for(event.user, self.options.accounts),
+            account=domain.account_for(event.user, self.options),
             lifetime_s=domain.lifetime_seconds(event.lifetime_days, self.options),
             activity=domain.activity(event.activity, self.options),
             grouping=self.options.grouping,
@@ -136,7 +136,7 @@ class Stager:
                 await self.bus.publish(failed, correlation_id=delivery.correlation_id)
 
     async def _publish(self, event: PublishRequested, correlation_id: str | None) -> None:
-        account = domain.account_for(event.user, self.options.accounts)
+        account = domain.account_for(event.user, self.options)
         info = FileInfo(event.did, event.bytes, event.adler32)
         await self.catalog.register_replica(event.rse, info, event.pfn)
         days = event.lifetime_days

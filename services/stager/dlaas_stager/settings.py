@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from dlaas.settings import ServiceSettings
@@ -44,6 +46,11 @@ class StagerOptions(BaseModel):
     accounts: dict[str, str] = Field(
         default_factory=dict,
         description="Broker user -> Rucio account; users not listed use their own name",
+    )
+    unmapped_users: Literal["same-name", "refuse"] = Field(
+        default="same-name",
+        description="A user missing from accounts: act as the Rucio account of the same "
+        "name, or refuse the request",
     )
     allowed_activities: list[str] = Field(
         default_factory=list, description="Activities users may ask for; empty: any"
