@@ -10,76 +10,18 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Never, TextIO
+from typing import TextIO
 
 import aiormq.exceptions
 from aio_pika.exceptions import AMQPError, DeliveryError
-from tqdm.auto import tqdm
 
 from dlaas.client import api, sources
 from dlaas.client.api import ClientSettings, StageResult
+from dlaas.client.printing import Printer
 from dlaas.contracts import Notification
 from dlaas.logging import configure_logging
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
-
-
-class _Printer:
-    """One line per file (one JSON object with ``--json``), a progress bar on a terminal."""
-
-    def __init__(self, *, as_json: bool, out: TextIO) -> None:
-        self.as_json = as_json
-        self.out = out
-        self.bar: tqdm[Never] | None = None
-        self.show_bar = not as_json and sys.stderr.isatty()
-        self.pending: str | None = None
-        self.shown: set[str] = set()  # files already printed (wait: status, then live)
-
-    def __call__(self, note: Notification, result: StageResult) -> None:
-        if note.did is not None:
-            if note.did in self.shown:
-                return
-            self.shown.add(note.did)
-        if self.as_json:
-            print(note.model_dump_json(), file=self.out, flush=True)
-            return
-        if note.kind == "accepted" and self.show_bar and note.bytes:
-            self.bar = tqdm(total=note.bytes, unit="B", unit_scale=True, desc="staging",
-                            file=sys.stderr)  # fmt: skip
-        if note.kind == "completed" and not result.done:
-            self.pending = note.text  # the last files' lines may still be on their way
-        else:
-            self._write(_line(note))
-        if self.pending and result.done:
-            self._write(self.pending)
-            self.pending = None
-        if self.bar is not None:
-            self.bar.n = sum(f.bytes for f in result.ready.values())
-            files = len(result.ready) + len(result.failed)
-            self.bar.set_postfix_str(f"{files}/{result.files_total} files", refresh=True)
-
-    def _write(self, line: str | None) -> None:
-        if line:
-            (self.bar.write if self.bar else print)(line, file=self.out)
-
-    def close(self) -> None:
-        self._write(self.pending)
-        self.pending = None
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-def _line(note: Notification) -> str | None:
-    if note.kind == "file-ready":
-        return f"ready   {note.did}  {note.path}  {note.cache_url}"
-    if note.kind == "file-failed":
-        return f"FAILED  {note.did}  {note.reason}"
-    return (
-        note.text
-        if note.kind in ("accepted", "completed", "failed", "cancelled")
-        else None
-    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -156,7 +98,7 @@ def _summary(result: StageResult, started: float, out: TextIO) -> int:
 
 
 async def _stage(
-    args: argparse.Namespace, settings: ClientSettings, printer: _Printer
+    args: argparse.Namespace, settings: ClientSettings, printer: Printer
 ) -> int:
     rse = args.rse or settings.rse
     if not rse:
@@ -225,7 +167,7 @@ def _selection(args: argparse.Namespace) -> sources.Selection:
 
 
 async def _wait(
-    args: argparse.Namespace, settings: ClientSettings, printer: _Printer
+    args: argparse.Namespace, settings: ClientSettings, printer: Printer
 ) -> int:
     started = time.monotonic()
     result = await api.await_request(args.request_id, timeout=args.timeout,
@@ -320,7 +262,7 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     if args.command == "config":
         return _config(args, out)
     settings = ClientSettings()
-    printer = _Printer(as_json=args.json, out=out)
+    printer = Printer(as_json=args.json, out=out)
     commands: dict[str, Callable[[], Coroutine[None, None, int]]] = {
         "stage": lambda: _stage(args, settings, printer),
         "wait": lambda: _wait(args, settings, printer),
