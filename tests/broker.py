@@ -31,8 +31,8 @@ def reachable(host: str, port: int) -> bool:
         return False
 
 
-def open_broker() -> Vhost:
-    """A fresh vhost on $DLAAS_TEST_AMQP_URL (default: the local broker); caller deletes it."""
+def broker_admin() -> tuple[Admin, str, int]:
+    """The administrator of $DLAAS_TEST_AMQP_URL (default: the local broker), its host, port."""
     url = urlsplit(
         os.environ.get("DLAAS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
     )
@@ -40,7 +40,12 @@ def open_broker() -> Vhost:
     if not reachable(host, port):
         need(f"RabbitMQ not reachable at {host}:{port}")
     api = os.environ.get("DLAAS_TEST_RABBITMQ_API", f"http://{host}:15672/api")
-    admin = Admin(api, url.username or "guest", url.password or "guest")
+    return Admin(api, url.username or "guest", url.password or "guest"), host, port
+
+
+def open_broker() -> Vhost:
+    """A fresh vhost on the test broker, exchanges declared; the caller deletes it."""
+    admin, host, port = broker_admin()
     created = create_vhost(admin, f"dlaas-test-{uuid.uuid4().hex[:8]}")
     vhost = Vhost(admin, created.name, host, port)
     # as an operator does (definitions, or a first service start): clients only look them up

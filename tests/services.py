@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,3 +97,26 @@ async def running_services(
             await consumer.stop(2)
         for bus in buses:
             await bus.close()
+
+
+@contextlib.asynccontextmanager
+async def one_service(
+    bus_settings: BusSettings,
+    name: str,
+    build: Callable[[Bus], Awaitable[Sequence[Consumer]]],
+) -> AsyncIterator[Bus]:
+    """One service consuming in this process (stopped on exit); yields a client bus."""
+    bus = await Bus(bus_settings, name=name).connect()
+    try:
+        consumers = await build(bus)
+        for consumer in consumers:
+            await consumer.start()
+        client = await Bus(bus_settings, name="test").connect()
+        try:
+            yield client
+        finally:
+            await client.close()
+            for consumer in consumers:
+                await consumer.stop(2)
+    finally:
+        await bus.close()

@@ -28,6 +28,7 @@ from dlaas_cache_router.settings import CacheOptions, CacheRouterSettings
 from dlaas_devstack import xrootd
 from dlaas_devstack.broker import Vhost, create_vhost
 from tests.broker import need
+from tests.services import one_service
 
 # Read by the XRootD client once, when first imported: a dead server must fail fast.
 for _key, _value in {
@@ -122,18 +123,10 @@ async def running_router(url: str, options: Mapping[str, object]) -> AsyncIterat
     settings = CacheRouterSettings(
         bus=bus_settings, cache=CacheOptions.model_validate(options)
     )
-    bus = await Bus(bus_settings, name="cache_router").connect()
-    consumers = await build(bus, settings)
-    for consumer in consumers:
-        await consumer.start()
-    client = await Bus(bus_settings, name="test").connect()
-    try:
-        yield client
-    finally:
-        await client.close()
-        for consumer in consumers:
-            await consumer.stop(2)
-        await bus.close()
+    async with one_service(
+        bus_settings, "cache_router", lambda b: build(b, settings)
+    ) as bus:
+        yield bus
 
 
 @contextlib.asynccontextmanager

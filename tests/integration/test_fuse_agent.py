@@ -27,6 +27,7 @@ from dlaas_fuse_agent.adapters.xrootdfs import is_mounted
 from dlaas_fuse_agent.app import build
 from dlaas_fuse_agent.settings import FuseAgentSettings, FuseOptions
 from tests.broker import need
+from tests.services import one_service
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(60)]
 
@@ -100,20 +101,10 @@ async def running_agent(url: str, options: FuseOptions) -> AsyncIterator[Bus]:
     """The fuse agent in this process (mounted on entry, unmounted on exit); a client bus."""
     bus_settings = BusSettings.model_validate({"url": url, "retry_delays_s": (0.3, 0.6)})
     settings = FuseAgentSettings(bus=bus_settings, fuse=options)
-    bus = await Bus(bus_settings, name="fuse_agent").connect()
-    try:
-        consumers = await build(bus, settings)
-        for consumer in consumers:
-            await consumer.start()
-        client = await Bus(bus_settings, name="test").connect()
-        try:
-            yield client
-        finally:
-            await client.close()
-            for consumer in consumers:
-                await consumer.stop(2)
-    finally:
-        await bus.close()
+    async with one_service(
+        bus_settings, "fuse_agent", lambda b: build(b, settings)
+    ) as bus:
+        yield bus
 
 
 @contextlib.asynccontextmanager

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import pytest
 
 from dlaas_devstack.broker import Admin
-from tests.broker import reachable
-from tests.ops.tools import ROOT, need
+from tests.broker import broker_admin
+from tests.ops.tools import ROOT
 
 DEFINITIONS = ROOT / "deploy" / "rabbitmq" / "definitions.json"
 
@@ -63,14 +62,7 @@ def throwaway(
 @pytest.fixture
 def imported() -> Iterator[Imported]:
     """deploy/rabbitmq/definitions.json loaded through POST /api/definitions, then removed."""
-    url = urlsplit(
-        os.environ.get("DLAAS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-    )
-    host, port = url.hostname or "127.0.0.1", url.port or 5672
-    if not reachable(host, port):
-        need(f"RabbitMQ not reachable at {host}:{port}")
-    api = os.environ.get("DLAAS_TEST_RABBITMQ_API", f"http://{host}:15672/api")
-    admin = Admin(api, url.username or "guest", url.password or "guest")
+    admin, host, port = broker_admin()
     suffix = f"ops{uuid.uuid4().hex[:8]}"
     definitions = json.loads(Path(DEFINITIONS).read_text(encoding="utf-8"))
     renamed, names = throwaway(definitions, f"dlaas-{suffix}", suffix)
