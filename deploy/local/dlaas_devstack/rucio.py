@@ -261,6 +261,39 @@ class RucioStack:
     ) -> None:
         self.stop()
 
+    # -- faults: one process of the stack down and up again -----------------------------
+    def stop_server(self) -> None:
+        """Stop the REST API (gunicorn and its workers): clients get connection refused."""
+        self._stop_process("server")
+
+    def start_server(self, timeout: float = 120) -> None:
+        """Start the REST API again on the same port; return when /ping answers."""
+        self._start_process("server")
+        _proc.wait_until(self._ping, timeout=timeout, what=f"{self.rucio_host}/ping")
+
+    def stop_hermes(self) -> None:
+        """Stop hermes: Rucio keeps its messages in its database until hermes runs again."""
+        self._stop_process("hermes")
+
+    def start_hermes(self) -> None:
+        """Start hermes again: the messages queued meanwhile go out in a burst."""
+        self._start_process("hermes")
+
+    def _stop_process(self, name: str) -> None:
+        with self._lock:
+            child = next((c for c in self._children if c.name == name), None)
+            if child is None:
+                raise RuntimeError(f"{name} is not running in this Rucio stack")
+            self._children.remove(child)
+        _proc.stop_all([child])
+        log.info("rucio_process_stopped", process=name)
+
+    def _start_process(self, name: str) -> None:
+        with self._lock:
+            if any(c.name == name for c in self._children):
+                raise RuntimeError(f"{name} is already running in this Rucio stack")
+        self._spawn(name, self._commands()[name])
+
     # -- internals -----------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str]) -> None:
         child = _proc.spawn(
