@@ -43,6 +43,16 @@ USERPASS = ("ddmlab", "secret")
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/{db}"
 _DB_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+# Rucio's daemons a stack runs, with their own arguments. judge-injector makes the rules
+# created with asynchronous=True (dlaas asks for it on big requests).
+DAEMONS: dict[str, tuple[str, ...]] = {
+    "conveyor-submitter": (),
+    "conveyor-poller": ("--older-than", "0"),
+    "conveyor-finisher": (),
+    "judge-evaluator": (),
+    "judge-injector": (),
+    "hermes": (),
+}
 
 # Runs in the Rucio venv: recreate the database, then create schema, base VO and root.
 _BOOTSTRAP = """
@@ -79,6 +89,9 @@ class RucioStackSettings:
     xrootd_port: int = 1094
     gunicorn_workers: int = 2
     rucio_venv: Path = field(default_factory=default_rucio_venv)
+    # which of DAEMONS run (a benchmark may leave the conveyor out)
+    daemons: tuple[str, ...] = tuple(DAEMONS)
+    access_log: bool = False  # gunicorn logs every request to log/access.log (benchmarks)
 
     def __post_init__(self) -> None:
         if not _DB_NAME.fullmatch(self.db_name):
@@ -155,6 +168,11 @@ class RucioStack:
     def storage_root(self) -> Path:
         """RSE storage: the PFN path /data/<rse lower>/... is storage_root/data/<rse lower>/..."""
         return self.workdir / "storage"
+
+    @property
+    def access_log(self) -> Path:
+        """The REST server's access log: one line per HTTP request (with settings.access_log)."""
+        return self.workdir / "log" / "access.log"
 
     @property
     def memcached_port(self) -> int:
@@ -333,16 +351,9 @@ class RucioStack:
     def _commands(self) -> dict[str, list[str]]:
         bin_dir = self.settings.rucio_venv / "bin"
         sleep = ["--sleep-time", str(max(1, round(self.settings.daemon_sleep)))]
-        daemons = {
-            "conveyor-submitter": [],
-            "conveyor-poller": ["--older-than", "0"],
-            "conveyor-finisher": [],
-            "judge-evaluator": [],
-            "hermes": [],
-        }
         commands = {"server": self._gunicorn_argv()}
-        for name, extra in daemons.items():
-            commands[name] = [str(bin_dir / f"rucio-{name}"), *extra, *sleep]
+        for name in self.settings.daemons:
+            commands[name] = [str(bin_dir / f"rucio-{name}"), *DAEMONS[name], *sleep]
         return commands
 
     def _gunicorn_argv(self) -> list[str]:
@@ -353,6 +364,8 @@ class RucioStack:
             "--workers", str(self.settings.gunicorn_workers),
             "--timeout", "600",
         ]  # fmt: skip
+        if self.settings.access_log:
+            argv += ["--access-logfile", str(self.access_log)]
         if _gunicorn_has_control_socket(venv):
             argv.append("--no-control-socket")
         return [*argv, "rucio.web.rest.flaskapi.v1.main:application"]

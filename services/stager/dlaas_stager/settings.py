@@ -25,6 +25,13 @@ class RucioSettings(BaseModel):
     ca_cert: str | None = Field(default=None, description="CA bundle for https")
     vo: str | None = Field(default=None, description="VO of a multi-VO Rucio")
     timeout_s: float = Field(default=120, description="Per-call HTTP timeout")
+    async_rule_min_files: int = Field(
+        default=1000,
+        ge=1,
+        description="Rules over at least this many files are created asynchronously "
+        "(Rucio's judge-injector makes their locks): a synchronous add-rule grows "
+        "with the files (16 s at 10k, 380 s at 100k) and outlives timeout_s",
+    )
 
 
 class StagerOptions(BaseModel):
