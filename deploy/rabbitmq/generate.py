@@ -91,6 +91,9 @@ class _Queue:
         )
 
 
+NODE_AGENT = "fuse_agent"  # runs one per node, with a work queue per node
+
+
 def _esc(name: str) -> str:
     """``name`` as a literal in a regex (RabbitMQ matches permissions with PCRE)."""
     return re.escape(name).replace("\\-", "-")
@@ -126,7 +129,14 @@ def _inbox_key() -> str:
 def _service_rights(service: str) -> tuple[Json, list[Json]]:
     """Permissions and topic permissions of one service's user."""
     specs = [s for s in topology.WORK_QUEUES if s.name.split(".")[0] == service]
-    own = "(" + "|".join(_esc(s.name) for s in specs) + f")({_SIDE_QUEUES})?"
+    names = [_esc(s.name) for s in specs]
+    node_keys = []
+    if service == NODE_AGENT:  # a DaemonSet: each pod declares its node's queue too
+        names.append(
+            _esc(topology.fuse_agent_node_files("NODE").name).replace("NODE", ".+")
+        )
+        node_keys.append(_words(topology.file_ready_routing_key("NODE"), "NODE"))
+    own = "(" + "|".join(names) + f")({_SIDE_QUEUES})?"
     sends = [c for c in asyncapi.channels() if service in c.senders]
     publishes = sorted({c.exchange for c in sends})
     sources = sorted({exchange for s in specs for exchange, _ in s.bindings})
@@ -151,6 +161,8 @@ def _service_rights(service: str) -> tuple[Json, list[Json]]:
     topics = []
     for exchange in topology.EXCHANGES:
         keys = [_esc(k) for s in specs for ex, k in s.bindings if ex == exchange]
+        if exchange == topology.EVENTS:
+            keys += node_keys
         prefixes = sorted(
             {c.address.split(".")[0] for c in sends if c.exchange == exchange}
         )

@@ -11,7 +11,7 @@ import signal
 import time
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import aio_pika
@@ -19,6 +19,8 @@ import pytest
 
 from dlaas.bus import topology
 from dlaas.bus.connection import Bus
+from dlaas.bus.consumer import Consumer
+from dlaas.bus.http import Check
 from dlaas.contracts import FileFailed, FileReady, FileVisible
 from dlaas.settings import BusSettings
 from dlaas_devstack import xrootd
@@ -97,13 +99,23 @@ def _options(tmp_path: Path, source: str | None, **watch: float) -> FuseOptions:
 
 
 @contextlib.asynccontextmanager
-async def running_agent(url: str, options: FuseOptions) -> AsyncIterator[Bus]:
-    """The fuse agent in this process (mounted on entry, unmounted on exit); a client bus."""
+async def running_agent(
+    url: str, options: FuseOptions, checks: dict[str, Check] | None = None
+) -> AsyncIterator[Bus]:
+    """The fuse agent in this process (mounted on entry, unmounted on exit); a client bus.
+
+    ``checks`` gets the agent's readiness checks (what its ``/readyz`` answers from).
+    """
     bus_settings = BusSettings.model_validate({"url": url, "retry_delays_s": (0.3, 0.6)})
     settings = FuseAgentSettings(bus=bus_settings, fuse=options)
-    async with one_service(
-        bus_settings, "fuse_agent", lambda b: build(b, settings)
-    ) as bus:
+
+    async def built(service: Bus) -> Sequence[Consumer]:
+        consumers = await build(service, settings)
+        if checks is not None:
+            checks.update(service.checks)
+        return consumers
+
+    async with one_service(bus_settings, "fuse_agent", built) as bus:
         yield bus
 
 
@@ -147,6 +159,12 @@ async def _answer(
         while (answer := await got.get()).request_id != event.request_id:
             pass
     return answer
+
+
+async def _until(check: Check, *, want: bool, timeout: float = 15) -> None:
+    async with asyncio.timeout(timeout):
+        while await check() is not want:
+            await asyncio.sleep(0.1)
 
 
 def _readable(path: Path, payload: bytes) -> bool:
@@ -203,16 +221,23 @@ async def test_the_mount_heals_after_the_origin_restarts(
     options = _options(tmp_path, f"{origin.url}/{NOTEBOOK}")
     view_target = tmp_path / "mnt" / "user.alice" / "f0.bin"
     server = origin
-    async with running_agent(vhost.url(), options) as bus, outcomes(vhost.url()) as got:
+    checks: dict[str, Check] = {}
+    async with (
+        running_agent(vhost.url(), options, checks) as bus,
+        outcomes(vhost.url()) as got,
+    ):
+        assert await checks["mounts"]()  # /readyz: ready while the mount works
         os.kill(origin.pid, signal.SIGKILL)
         await asyncio.sleep(0.3)
         assert not await asyncio.to_thread(_readable, view_target, payload)
+        await _until(checks["mounts"], want=False)  # not ready while it is broken
         failed = await _answer(bus, got, _ready(origin.url))  # retried, then given up
         assert isinstance(failed, FileFailed)
         assert failed.stage == "mount"
 
         server = await asyncio.to_thread(xrootd.restart_server, origin, tmp_path / "run")
         print(f"healthy {await _heals(view_target, payload):.2f} s after the restart")
+        await _until(checks["mounts"], want=True)
         visible = await _answer(bus, got, _ready(origin.url))
         assert isinstance(visible, FileVisible), visible
         assert Path(visible.path).read_bytes() == payload

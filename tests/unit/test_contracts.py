@@ -8,6 +8,7 @@ from uuid import uuid4
 import pytest
 from pydantic import ValidationError
 
+from dlaas.bus import topology
 from dlaas.contracts import EVENT_TYPES, Did, FileReady, RuleRequested
 from dlaas.contracts.hermes import (
     DatasetLockOk,
@@ -138,6 +139,23 @@ def test_file_ready_extends_file_staged() -> None:
         cache_url="root://c//root://h//p",
     )
     assert ready.routing_key() == "cache_router.file-ready.v1"
+
+
+def test_ready_files_are_routed_to_the_node_that_asked() -> None:
+    assert topology.file_ready_routing_key(None) == "cache_router.file-ready.v1"
+    node = "ip-10-0-1-2.ec2.internal"
+    key = topology.file_ready_routing_key(node)
+    assert key == "cache_router.file-ready.v1.ip-10-0-1-2~ec2~internal"  # one topic word
+    spec = topology.fuse_agent_node_files(node)
+    assert spec.name == f"fuse_agent.files.node.{node}"
+    assert spec.bindings == ((topology.EVENTS, key),)
+    # the shared queue's exact binding never takes a node's files
+    assert topology.FUSE_AGENT_FILES.bindings == (
+        (topology.EVENTS, "cache_router.file-ready.v1"),
+    )
+    for bad in ("Node_A", "-a", "a" * 254, "a/b", "a b"):
+        with pytest.raises(ValidationError):
+            RuleRequested(request_id=uuid4(), user="u", dids=["s:n"], rse="R", node=bad)
 
 
 def test_transfer_done_as_rucio_sends_it() -> None:

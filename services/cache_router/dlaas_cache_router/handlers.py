@@ -7,10 +7,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
+from aio_pika.exceptions import DeliveryError
 
+from dlaas.bus import topology
 from dlaas.bus.connection import Bus
 from dlaas.bus.consumer import Delivery
 from dlaas.contracts import FileReady, FileStaged
+from dlaas.errors import TransientError
 from dlaas_cache_router import domain
 from dlaas_cache_router.datasets import Datasets, RoutedFile
 from dlaas_cache_router.settings import CacheSite
@@ -51,7 +54,7 @@ class CacheRouter:
             cache_url=chosen.url,
             cache=chosen.cache,
         )
-        await self.bus.publish(ready, correlation_id=delivery.correlation_id)
+        await self._publish(ready, delivery)
         log.info(
             "file_routed",
             did=event.did,
@@ -59,4 +62,26 @@ class CacheRouter:
             user=event.user,
             cache=chosen.cache or "origin",
             site=site.name if site else None,
+            node=event.node,
         )
+
+    async def _publish(self, ready: FileReady, delivery: Delivery) -> None:
+        """To the fuse agent of the user's node; to any agent when none ever ran there."""
+        if ready.node is not None:
+            try:
+                await self.bus.publish(
+                    ready,
+                    correlation_id=delivery.correlation_id,
+                    routing_key=topology.file_ready_routing_key(ready.node),
+                    mandatory=True,
+                )
+            except DeliveryError:
+                log.warning("no_agent_on_node", node=ready.node, did=ready.did)
+            else:
+                return
+        try:
+            await self.bus.publish(
+                ready, correlation_id=delivery.correlation_id, mandatory=True
+            )
+        except DeliveryError as exc:  # no fuse agent queue yet: keep it, try again
+            raise TransientError("no fuse agent queue takes file-ready yet") from exc

@@ -42,14 +42,24 @@ async def build(bus: Bus, settings: FuseAgentSettings) -> Sequence[Consumer]:
         if rse in watchers:
             watchers[rse].poke()
 
+    async def mounts_healthy() -> bool:
+        return all(watcher.healthy for watcher in watchers.values())
+
+    bus.checks["mounts"] = mounts_healthy
     agent = FuseAgent(bus, settings.fuse, on_unreadable)
+    queues = (
+        [topology.fuse_agent_node_files(settings.fuse.node)] if settings.fuse.node else []
+    )
+    if settings.fuse.take_unrouted or not queues:
+        queues.append(topology.FUSE_AGENT_FILES)
     return [
         Consumer(
             bus,
-            topology.FUSE_AGENT_FILES,
+            queue,
             decoders.events(FileReady),
             {FileReady.event_type: agent.on_file_ready},
-        ),
+        )
+        for queue in queues
     ]
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from dlaas.contracts.base import NodeName
 from dlaas.settings import ServiceSettings
 
 # Given to every xrootdfs: without them a dead server hangs callers for minutes, and a
@@ -83,6 +84,16 @@ class FuseOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
+    node: NodeName | None = Field(
+        default=None,
+        description="The node this agent runs on (Kubernetes: spec.nodeName through the "
+        "downward API); it takes the files of requests made by notebooks on this node",
+    )
+    take_unrouted: bool = Field(
+        default=True,
+        description="Also take files of requests that name no node (competing with the "
+        "other agents): right for one node, or views every node shares",
+    )
     mounts: list[MountSpec] = Field(
         default_factory=list, description="Mounts on this node"
     )

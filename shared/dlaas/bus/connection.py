@@ -151,6 +151,11 @@ class Bus:
         self._channel: AbstractChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
         self._on_close: list[Callable[[], Awaitable[None]]] = []
+        # readiness checks besides the broker's, by name (``/readyz``)
+        self.checks: dict[str, Callable[[], Awaitable[bool]]] = {}
+        # a second channel for the odd mandatory publish of a bus that is not mandatory
+        self._strict: dict[str, AbstractExchange] | None = None
+        self._strict_lock = asyncio.Lock()
         self.acks = Acks()
 
     def on_close(self, callback: Callable[[], Awaitable[None]]) -> None:
@@ -192,8 +197,13 @@ class Bus:
         user_id: str | None = None,
         routing_key: str | None = None,
         exchange: str = topology.EVENTS,
+        mandatory: bool | None = None,
     ) -> None:
-        """Publish an event persistently and wait for the broker's confirm."""
+        """Publish an event persistently and wait for the broker's confirm.
+
+        ``mandatory`` (default: the bus's) makes a message no queue takes raise
+        ``aio_pika.exceptions.DeliveryError`` instead of vanishing.
+        """
         message = aio_pika.Message(
             body=event.model_dump_json().encode(),
             content_type=JSON,
@@ -204,11 +214,25 @@ class Bus:
             user_id=user_id,
             app_id=self.name,
         )
-        await self._exchanges[exchange].publish(
+        strict = mandatory and not self.mandatory
+        exchanges = await self._strict_exchanges() if strict else self._exchanges
+        await exchanges[exchange].publish(
             message,
             routing_key=routing_key or event.routing_key(),
-            mandatory=self.mandatory,
+            mandatory=self.mandatory if mandatory is None else mandatory,
         )
+
+    async def _strict_exchanges(self) -> dict[str, AbstractExchange]:
+        """The exchanges on a channel where a returned message raises (opened once)."""
+        async with self._strict_lock:
+            if self._strict is None:
+                if self._connection is None:
+                    raise RuntimeError("Bus.connect() was not awaited")
+                channel = await self._connection.channel(
+                    publisher_confirms=True, on_return_raises=True
+                )
+                self._strict = await topology.get_exchanges(channel)
+            return self._strict
 
     async def send_to_queue(self, queue: str, message: aio_pika.Message) -> None:
         """Put a message straight into a queue (retry and dead-letter queues)."""

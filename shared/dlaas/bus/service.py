@@ -49,7 +49,8 @@ async def _health(settings: ServiceSettings, bus: Bus) -> HealthServer | None:
     async def broker() -> bool:
         return bus.connected
 
-    server = HealthServer(settings.http_host, settings.http_port, {"broker": broker})
+    checks = {"broker": broker, **bus.checks}
+    server = HealthServer(settings.http_host, settings.http_port, checks)
     await server.start()
     return server
 

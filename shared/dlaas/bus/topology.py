@@ -76,6 +76,7 @@ STAGER_PROGRESS = _on_events(
 )
 CACHE_ROUTER_FILES = _on_events("cache_router.files", FileStaged.routing_key())
 CACHE_ROUTER_MISSES = _on_events("cache_router.misses", f"*.{CacheMiss.event_type}")
+# files of requests that name no node: any agent takes them (one node, or shared views)
 FUSE_AGENT_FILES = _on_events("fuse_agent.files", FileReady.routing_key())
 NOTIFIER_EVENTS = _on_events(
     "notifier.events",
@@ -112,6 +113,26 @@ def notify_routing_key(user: str, request_id: str) -> str:
 def status_routing_key(user: str, request_id: str) -> str:
     """Routing key of a status report: four words, so the inbox (three) never keeps it."""
     return f"{notify_routing_key(user, request_id)}.status"
+
+
+def node_segment(node: str) -> str:
+    """A node name as one topic word (node names are often dotted host names)."""
+    return node.replace(".", "~")
+
+
+def file_ready_routing_key(node: str | None) -> str:
+    """Where a ready file goes: the fuse agent of the user's node, or any agent.
+
+    ``cache_router.file-ready.v1`` (three words) for any agent, one more word naming the node
+    otherwise: the shared queue's exact binding never takes a node's files.
+    """
+    base = FileReady.routing_key()
+    return base if node is None else f"{base}.{node_segment(node)}"
+
+
+def fuse_agent_node_files(node: str) -> QueueSpec:
+    """The work queue of the fuse agent on ``node`` (a DaemonSet pod): its users' files only."""
+    return _on_events(f"fuse_agent.files.node.{node}", file_ready_routing_key(node))
 
 
 def inbox(user: str) -> QueueSpec:

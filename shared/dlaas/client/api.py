@@ -35,6 +35,11 @@ class ClientSettings(ServiceSettings):
     )
 
     rse: str | None = Field(default=None, description="Default destination RSE")
+    node: str | None = Field(
+        default=None,
+        description="The node this notebook runs on (Kubernetes: spec.nodeName through the "
+        "downward API): its fuse agent makes the files visible. Unset: any agent",
+    )
 
 
 async def _listen(bus: Bus, user: str, request_id: UUID) -> AbstractQueue:
@@ -80,8 +85,11 @@ async def astage(
     settings: BusSettings | None = None,
     on_update: Listener | None = None,
     dry_run: bool = False,
+    node: str | None = None,
 ) -> StageResult:
     """Ask for ``dids`` at ``rse``; with ``wait``, return once every file is ready or failed.
+
+    ``node`` (default ``$DLAAS_NODE``) names the node whose fuse agent makes the files visible.
 
     With ``dry_run`` nothing is created: the result's ``plan`` says, per DID, its kind, files,
     bytes and how many are already at ``rse``.
@@ -90,10 +98,12 @@ async def astage(
         TimeoutError: ``timeout`` passed first (the request goes on; see ``dlaas status``).
         aio_pika.exceptions.DeliveryError: no stager is running to take the request.
     """
-    bus_settings = settings or ClientSettings().bus
+    defaults = ClientSettings()
+    bus_settings = settings or defaults.bus
+    node = node or defaults.node
     event = RuleRequested(
         request_id=uuid4(), user=bus_settings.login, dids=list(dids), rse=rse,
-        lifetime_days=lifetime_days, dry_run=dry_run,
+        lifetime_days=lifetime_days, dry_run=dry_run, node=node.lower() if node else None,
     )  # fmt: skip
     until = ("status",) if dry_run else ()
     return await _ask(event, bus_settings, until=until, timeout=timeout,

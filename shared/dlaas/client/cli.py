@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     stage.add_argument("--rse", help="destination RSE (default: $DLAAS_RSE)")
     stage.add_argument("--lifetime-days", type=float, help="rule lifetime")
+    stage.add_argument(
+        "--node", help="node whose fuse agent shows the files (default: $DLAAS_NODE)"
+    )
     stage.add_argument("--dry-run", action="store_true", help="show what would be staged")
     stage.add_argument(
         "--wait", action="store_true", help="wait until every file is ready"
@@ -118,7 +121,7 @@ async def _stage(
         )
     result = await api.astage(selection.dids, rse=rse, lifetime_days=args.lifetime_days,
                               wait=args.wait, timeout=args.timeout, settings=settings.bus,
-                              on_update=printer)  # fmt: skip
+                              on_update=printer, node=args.node or settings.node)  # fmt: skip
     printer.close()
     if not args.wait:
         text = (

@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dlaas.contracts.base import DidStr, Event, RequestEvent
+from dlaas.contracts.base import DidStr, Event, NodeName, RequestEvent
 
 MAX_DIDS_PER_REQUEST = 10_000
 
@@ -31,6 +31,11 @@ class RuleRequested(RequestEvent):
     activity: str | None = Field(default=None, description="Rucio transfer activity")
     dry_run: bool = Field(
         default=False, description="Only report what would be staged; create nothing"
+    )
+    node: NodeName | None = Field(
+        default=None,
+        description="Node of the notebook that asks: the fuse agent there makes the files "
+        "visible. Absent: any agent (one node, or views shared by every node)",
     )
     channels: list[str] | None = Field(
         default=None,
@@ -180,6 +185,10 @@ class FileStaged(RequestEvent):
     adler32: str | None = Field(default=None, description="Rucio's adler32 checksum")
     dataset: DidStr | None = Field(
         default=None, description="Dataset (scope:name) the file was staged as part of"
+    )
+    node: NodeName | None = Field(
+        default=None,
+        description="Node of the notebook that asked (routes file-ready to its fuse agent)",
     )
 
 
