@@ -74,7 +74,7 @@ class Notifier:
             else:
                 await self.notebook.publish(note, delivery.correlation_id)
                 await self.store.mark_notified(note)
-                log.info("notified", channel="notebook", did=note.did)
+                log.debug("notified", channel="notebook", did=note.did)
             await self._fan_out(note, recorded.state)
 
     async def _fan_out(self, note: Notification, state: RequestState) -> None:

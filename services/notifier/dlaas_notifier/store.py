@@ -6,6 +6,8 @@ with insert-or-ignore, so a repeated event neither counts twice nor is told twic
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -14,7 +16,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dlaas.contracts import Notification
-from dlaas_notifier.aggregation import FileTime, RequestState, fact_key
+from dlaas.grouping import GroupRunner
+from dlaas_notifier.aggregation import PER_FILE, FileTime, RequestState, fact_key
 from dlaas_notifier.settings import EXTERNAL_CHANNELS, ExternalChannel
 from dlaas_notifier.tables import Database, facts_t, requests_t
 
@@ -52,6 +55,19 @@ def _earliest(at: float) -> sa.ColumnElement[Any]:
     return sa.case((started.is_(None), at), (started > at, at), else_=started)
 
 
+def _request_state(row: sa.Row[Any]) -> RequestState:
+    return RequestState(
+        request_id=UUID(row.request_id),
+        user=row.user,
+        started_at=row.started_at,
+        files_total=row.files_total,
+        files_ready=row.files_ready,
+        files_failed=row.files_failed,
+        bytes_ready=row.bytes_ready,
+        channels=_channels(row.channels),
+    )
+
+
 def _channels(value: str | None) -> tuple[ExternalChannel, ...] | None:
     if value is None:
         return None
@@ -59,11 +75,17 @@ def _channels(value: str | None) -> tuple[ExternalChannel, ...] | None:
 
 
 class Store:
-    """Request and fact tables over SQLAlchemy's async engine."""
+    """Request and fact tables over SQLAlchemy's async engine.
+
+    ``record`` and ``mark_notified``, once per notification, of concurrent handlers run
+    in batches of one transaction each (group commit): each caller is answered once its
+    batch is committed.
+    """
 
     def __init__(self, db: Database) -> None:
         self.db = db
         self._insert = db.insert
+        self._group: GroupRunner[AsyncConnection] = GroupRunner(db.begin)
 
     async def _ensure(self, conn: AsyncConnection, request_id: UUID, user: str) -> None:
         row = {"request_id": str(request_id), "user": user}
@@ -71,42 +93,99 @@ class Store:
 
     async def record(self, note: Notification, at: float) -> Recorded:
         """Record the fact ``note`` reports (at event time ``at``) once; the request after."""
-        rid, key = str(note.request_id), fact_key(note)
-        async with self.db.begin() as conn:
-            await self._ensure(conn, note.request_id, note.user)
-            fact = {"request_id": rid, "key": key, "at": at, "detail": note.reason}
-            inserted = await conn.execute(
-                self._insert(facts_t).on_conflict_do_nothing(), [fact]
-            )
-            first = bool(inserted.rowcount)
-            updates = _counters(note, at) if first else {}
+        return await self._group.submit(self._record_many, (note, at))
+
+    async def _record_many(
+        self, conn: AsyncConnection, items: Sequence[tuple[Notification, float]]
+    ) -> list[Recorded]:
+        """Many facts in one transaction: a few statements, whatever their number."""
+        users = {str(note.request_id): note.user for note, _ in items}
+        await conn.execute(
+            self._insert(requests_t).on_conflict_do_nothing(),
+            [{"request_id": rid, "user": user} for rid, user in users.items()],
+        )
+        facts = {
+            (str(note.request_id), fact_key(note)): (note, at)
+            for note, at in reversed(items)
+        }  # the first of repeats wins
+        inserted = await conn.execute(
+            self._insert(facts_t)
+            .values([
+                {"request_id": rid, "key": key, "at": at, "detail": note.reason}
+                for (rid, key), (note, at) in facts.items()
+            ])
+            .on_conflict_do_nothing()
+            .returning(facts_t.c.request_id, facts_t.c.key)
+        )  # fmt: skip
+        new = {(rid, key) for rid, key in inserted.all()}
+        await self._count(conn, [facts[k] for k in new])
+        notified = await self._notified(conn, [k for k in facts if k not in new])
+        states = await self._states(conn, list(users))
+        answers = []
+        for note, _ in items:
+            key = (str(note.request_id), fact_key(note))
+            answers.append(Recorded(key in new, key in notified, states[key[0]]))
+            new.discard(key)  # a repeat within the batch is not first
+        return answers
+
+    async def _count(
+        self, conn: AsyncConnection, firsts: Sequence[tuple[Notification, float]]
+    ) -> None:
+        """Counter updates of facts seen for the first time: per-file ones summed."""
+        c = requests_t.c
+        sums: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+        for note, at in firsts:
+            if note.kind in PER_FILE:
+                counted = sums[str(note.request_id)]
+                counted[note.kind == "file-failed"] += 1
+                counted[2] += 0 if note.kind == "file-failed" else (note.bytes or 0)
+                continue
+            updates = _counters(note, at)
             if updates:
                 await conn.execute(
                     requests_t.update()
-                    .where(requests_t.c.request_id == rid)
+                    .where(c.request_id == str(note.request_id))
                     .values(**updates)
                 )
-            notified = (
-                await conn.execute(
-                    sa.select(facts_t.c.notified).where(
-                        facts_t.c.request_id == rid, facts_t.c.key == key
-                    )
+        for rid, (ready, failed, nbytes) in sums.items():
+            await conn.execute(
+                requests_t.update()
+                .where(c.request_id == rid)
+                .values(
+                    files_ready=c.files_ready + ready,
+                    files_failed=c.files_failed + failed,
+                    bytes_ready=c.bytes_ready + nbytes,
                 )
-            ).scalar_one()
-            state = await self._state(conn, rid)
-        return Recorded(first, bool(notified), state)
+            )
+
+    async def _notified(
+        self, conn: AsyncConnection, keys: Sequence[tuple[str, str]]
+    ) -> set[tuple[str, str]]:
+        """Which of these facts were already told on the notebook channel."""
+        if not keys:
+            return set()
+        rows = await conn.execute(
+            sa.select(facts_t.c.request_id, facts_t.c.key).where(
+                sa.tuple_(facts_t.c.request_id, facts_t.c.key).in_(sorted(keys)),
+                facts_t.c.notified.is_(True),
+            )
+        )
+        return {(rid, key) for rid, key in rows}
 
     async def mark_notified(self, note: Notification) -> None:
         """The notebook channel has told ``note``'s fact."""
-        async with self.db.begin() as conn:
-            await conn.execute(
-                facts_t.update()
-                .where(
-                    facts_t.c.request_id == str(note.request_id),
-                    facts_t.c.key == fact_key(note),
-                )
-                .values(notified=True)
-            )
+        key = (str(note.request_id), fact_key(note))
+        await self._group.submit(self._mark_many, key)
+
+    async def _mark_many(
+        self, conn: AsyncConnection, keys: Sequence[tuple[str, str]]
+    ) -> list[None]:
+        await conn.execute(
+            facts_t.update()
+            .where(sa.tuple_(facts_t.c.request_id, facts_t.c.key).in_(sorted(set(keys))))
+            .values(notified=True)
+        )
+        return [None] * len(keys)
 
     async def choose_channels(
         self,
@@ -149,22 +228,16 @@ class Store:
             )
         return bool(result.rowcount)
 
-    async def _state(self, conn: AsyncConnection, request_id: str) -> RequestState:
-        row = (
-            await conn.execute(
-                sa.select(requests_t).where(requests_t.c.request_id == request_id)
-            )
-        ).one()
-        return RequestState(
-            request_id=UUID(row.request_id),
-            user=row.user,
-            started_at=row.started_at,
-            files_total=row.files_total,
-            files_ready=row.files_ready,
-            files_failed=row.files_failed,
-            bytes_ready=row.bytes_ready,
-            channels=_channels(row.channels),
+    async def _states(
+        self, conn: AsyncConnection, request_ids: Sequence[str]
+    ) -> dict[str, RequestState]:
+        rows = await conn.execute(
+            sa.select(requests_t).where(requests_t.c.request_id.in_(sorted(request_ids)))
         )
+        return {row.request_id: _request_state(row) for row in rows}
+
+    async def _state(self, conn: AsyncConnection, request_id: str) -> RequestState:
+        return (await self._states(conn, [request_id]))[request_id]
 
     async def state(self, request_id: UUID) -> RequestState:
         """The request as known now."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -23,6 +24,13 @@ from dlaas_stager.store import (
 
 log = structlog.get_logger(__name__)
 
+CHUNK = 500  # files claimed and announced together (a rule of 100,000 files: in chunks)
+
+
+def _claim_of(file: WaitingFile) -> str:
+    """The state that claims a file: visible for a published file, else staged."""
+    return VISIBLE if file.kind == PUBLISH else STAGED
+
 
 @dataclass(frozen=True)
 class Announcer:
@@ -35,37 +43,56 @@ class Announcer:
         self, waiting: Iterable[WaitingFile], replicas: Mapping[str, Replica]
     ) -> int:
         """Publish ``file-staged`` for each waiting file whose replica is AVAILABLE."""
+        ready = [
+            (file, replica)
+            for file in waiting
+            if (replica := replicas.get(file.did)) is not None and replica.available
+        ]
         staged = 0
-        for file in waiting:
-            replica = replicas.get(file.did)
-            if replica is None or not replica.available or replica.pfn is None:
-                continue
-            # a published file is done once safe; a staged one goes on to cache and mount
-            published = file.kind == PUBLISH
-            # claim first: of two handlers racing (transfer-done, rule_ok) one announces it
-            claim = VISIBLE if published else STAGED
-            if not await self.store.set_file_state(file.request_id, file.did, claim):
-                continue
-            event: FileStaged | FilePublished = (
-                FilePublished(request_id=file.request_id, user=file.user, did=file.did,
-                              rse=file.rse, pfn=replica.pfn, bytes=replica.bytes)
-                if published else
-                FileStaged(request_id=file.request_id, user=file.user, did=file.did,
-                           rse=file.rse, pfn=replica.pfn, bytes=replica.bytes,
-                           adler32=replica.adler32, dataset=file.parent)
-            )  # fmt: skip
-            try:
-                await self.bus.publish(event, correlation_id=file.correlation_id)
-            except BaseException:
-                await self.store.unclaim(file.request_id, file.did, claim)
-                raise
-            if published:
-                await self.check_complete(file.request_id)
-            log.info(
-                "file_staged", did=file.did, request_id=file.request_id, pfn=replica.pfn
-            )
-            staged += 1
+        for start in range(0, len(ready), CHUNK):
+            chunk = ready[start : start + CHUNK]
+            # concurrent claims share one transaction (the store groups them)
+            claims = await asyncio.gather(*(self._claim(file) for file, _ in chunk))
+            announced = [
+                pair for pair, claimed in zip(chunk, claims, strict=True) if claimed
+            ]
+            await self._announce_all(announced)
+            staged += len(announced)
         return staged
+
+    async def _claim(self, file: WaitingFile) -> bool:
+        # claim first: of two handlers racing (transfer-done, rule_ok) one announces it
+        return await self.store.set_file_state(file.request_id, file.did, _claim_of(file))
+
+    async def _announce_all(self, announced: list[tuple[WaitingFile, Replica]]) -> None:
+        outcomes = await asyncio.gather(
+            *(self._announce(file, replica) for file, replica in announced),
+            return_exceptions=True,
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    async def _announce(self, file: WaitingFile, replica: Replica) -> None:
+        # a published file is done once safe; a staged one goes on to cache and mount
+        published = file.kind == PUBLISH
+        pfn = replica.pfn or ""
+        event: FileStaged | FilePublished = (
+            FilePublished(request_id=file.request_id, user=file.user, did=file.did,
+                          rse=file.rse, pfn=pfn, bytes=replica.bytes)
+            if published else
+            FileStaged(request_id=file.request_id, user=file.user, did=file.did,
+                       rse=file.rse, pfn=pfn, bytes=replica.bytes,
+                       adler32=replica.adler32, dataset=file.parent)
+        )  # fmt: skip
+        try:
+            await self.bus.publish(event, correlation_id=file.correlation_id)
+        except BaseException:
+            await self.store.unclaim(file.request_id, file.did, _claim_of(file))
+            raise
+        if published:
+            await self.check_complete(file.request_id)
+        log.debug("file_staged", did=file.did, request_id=file.request_id, pfn=pfn)
 
     async def fail(self, file: WaitingFile, reason: str) -> None:
         """Tell the user a file cannot be staged, and why."""
@@ -88,6 +115,8 @@ class Announcer:
 
     async def check_complete(self, request_id: str) -> None:
         """Publish ``request-completed`` once every file is visible or failed."""
+        if await self.store.is_open(request_id):
+            return  # the common case, answered for many handlers by one query
         summary = await self.store.summary(request_id)
         if summary is None or not summary.done or summary.state != "accepted":
             return

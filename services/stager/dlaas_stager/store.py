@@ -7,16 +7,21 @@ handled twice, or by two replicas at once, leaves the same rows.
 from __future__ import annotations
 
 import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from dlaas.grouping import GroupRunner
 from dlaas_stager.tables import (
     CANCELLED,
     FAILED,
     FINAL,
+    OPEN,
     PENDING,
     PUBLISH,
     STAGE,
@@ -46,6 +51,9 @@ __all__ = [
 ]
 
 
+BUSY_TIMEOUT_S = 60  # SQLite: a writer waits this long for another's lock, then fails
+
+
 def _sqlite_pragmas(connection: Any, _: object) -> None:  # noqa: ANN401  (DB-API connection)
     """WAL: readers never block the writer; NORMAL sync is safe with WAL."""
     cursor = connection.cursor()
@@ -54,19 +62,43 @@ def _sqlite_pragmas(connection: Any, _: object) -> None:  # noqa: ANN401  (DB-AP
     cursor.close()
 
 
+@dataclass(frozen=True)
+class _Move:
+    """One file to move to ``state`` (see :meth:`Store.set_file_state`)."""
+
+    request_id: str
+    did: str
+    state: str
+    reason: str | None
+    where: tuple[str, str, str] | None
+
+
 class Store:
-    """SQL store over SQLAlchemy's async engine (aiosqlite or asyncpg)."""
+    """SQL store over SQLAlchemy's async engine (aiosqlite or asyncpg).
+
+    The per-file operations of the hot path (look-ups by DID, state moves, completion
+    checks) of concurrent handlers run in batches, one transaction each (group commit);
+    each caller gets its answer once its batch is committed.
+    """
 
     def __init__(self, url: str) -> None:
-        self.engine: AsyncEngine = create_async_engine(url)
+        is_sqlite = url.startswith("sqlite")
+        self.engine: AsyncEngine = create_async_engine(
+            url, connect_args={"timeout": BUSY_TIMEOUT_S} if is_sqlite else {}
+        )
+        if is_sqlite:
+            sa.event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._insert = (
             postgresql.insert if url.startswith("postgresql") else sqlite.insert
         )
+        self._group: GroupRunner[AsyncConnection] = GroupRunner(self.engine.begin)
 
     async def init(self) -> None:
-        """Create the tables if missing."""
+        """Create the tables (and indexes added since) if missing."""
         async with self.engine.begin() as conn:
             await conn.run_sync(metadata.create_all)
+            for index in files_t.indexes:
+                await conn.run_sync(index.create, checkfirst=True)
 
     async def close(self) -> None:
         """Release connections."""
@@ -135,10 +167,21 @@ class Store:
 
     async def waiting_for_file(self, did: str, rse: str) -> list[WaitingFile]:
         """Requests whose file ``did`` at ``rse`` is not yet staged."""
+        return await self._group.submit(self._waiting_for_files, (did, rse))
+
+    async def _waiting_for_files(
+        self, conn: AsyncConnection, keys: Sequence[tuple[str, str]]
+    ) -> list[list[WaitingFile]]:
+        """Many look-ups by (did, rse) in one query."""
         query = self._waiting().where(
-            files_t.c.did == did, files_t.c.rse == rse, files_t.c.state == PENDING
+            files_t.c.did.in_(sorted({did for did, _ in keys})),
+            files_t.c.state == PENDING,
         )
-        return await self._fetch_waiting(query)
+        found: dict[tuple[str, str], list[WaitingFile]] = defaultdict(list)
+        for row in (await conn.execute(query)).all():
+            file = WaitingFile(*row)
+            found[file.did, file.rse].append(file)
+        return [found.get(key, []) for key in keys]
 
     async def waiting_for_rule(self, rule_id: str) -> list[WaitingFile]:
         """Files not yet staged of the requests served by ``rule_id``."""
@@ -173,21 +216,88 @@ class Store:
         where: tuple[str, str, str] | None = None,
     ) -> bool:
         """Move a file to ``state`` unless it is there or final; whether it moved (atomic)."""
-        async with self.engine.begin() as conn:
+        move = _Move(request_id, did, state, reason, where)
+        return await self._group.submit(self._move_files, move)
+
+    async def _move_files(
+        self, conn: AsyncConnection, moves: Sequence[_Move]
+    ) -> list[bool]:
+        """Many moves: one UPDATE ... RETURNING per target state, in the caller's order."""
+        c = files_t.c
+        groups: dict[tuple[str, str | None], list[_Move]] = defaultdict(list)
+        for move in moves:
+            groups[move.state, move.reason].append(move)
+        moved: set[tuple[str, str | None, str, str]] = set()
+        for (state, reason), group in groups.items():
+            keys = sorted({(m.request_id, m.did) for m in group})
             result = await conn.execute(
                 files_t.update()
                 .where(
-                    files_t.c.request_id == request_id,
-                    files_t.c.did == did,
-                    files_t.c.state.not_in(FINAL),
-                    files_t.c.state != state,
+                    sa.tuple_(c.request_id, c.did).in_(keys),
+                    c.state.not_in(FINAL),
+                    c.state != state,
                 )
                 .values(state=state, reason=reason)
-                .values(
-                    **dict(zip(("path", "pfn", "cache_url"), where or (), strict=False))
-                )
+                .returning(c.request_id, c.did)
             )
-        return bool(result.rowcount)
+            moved |= {(state, reason, rid, did) for rid, did in result.all()}
+        await self._set_where(
+            conn,
+            [
+                m
+                for m in moves
+                if m.where and (m.state, m.reason, m.request_id, m.did) in moved
+            ],
+        )
+        answers = []
+        for m in moves:  # a file moved once answers True once (of two racing, one claims)
+            key = (m.state, m.reason, m.request_id, m.did)
+            answers.append(key in moved)
+            moved.discard(key)
+        return answers
+
+    async def _set_where(self, conn: AsyncConnection, moves: Sequence[_Move]) -> None:
+        if not moves:
+            return
+        c = files_t.c
+        statement = (
+            files_t.update()
+            .where(
+                c.request_id == sa.bindparam("b_request_id"),
+                c.did == sa.bindparam("b_did"),
+            )
+            .values(
+                path=sa.bindparam("b_path"),
+                pfn=sa.bindparam("b_pfn"),
+                cache_url=sa.bindparam("b_cache_url"),
+            )
+        )
+        rows = [
+            {"b_request_id": m.request_id, "b_did": m.did, "b_path": m.where[0],
+             "b_pfn": m.where[1], "b_cache_url": m.where[2]}
+            for m in moves if m.where
+        ]  # fmt: skip
+        await conn.execute(statement, rows)
+
+    async def open_requests(self, request_ids: Sequence[str]) -> set[str]:
+        """Which of these requests still have files to stage or show (one query)."""
+        return await self._group.submit(self._still_open, tuple(request_ids))
+
+    async def is_open(self, request_id: str) -> bool:
+        """Whether a request still has files to stage or show (batched with others)."""
+        return request_id in await self.open_requests([request_id])
+
+    async def _still_open(
+        self, conn: AsyncConnection, asks: Sequence[tuple[str, ...]]
+    ) -> list[set[str]]:
+        ids = sorted({rid for ask in asks for rid in ask})
+        query = (
+            sa.select(files_t.c.request_id)
+            .where(files_t.c.request_id.in_(ids), files_t.c.state.in_(OPEN))
+            .group_by(files_t.c.request_id)
+        )
+        open_ids = {rid for (rid,) in await conn.execute(query)}
+        return [open_ids & set(ask) for ask in asks]
 
     async def unclaim(self, request_id: str, did: str, claimed: str) -> None:
         """Undo a claim whose announcement failed, so the next attempt announces it."""

@@ -38,6 +38,8 @@ files_t = sa.Table(
     sa.Column("pfn", sa.Text),
     sa.Column("cache_url", sa.Text),
     sa.Index("ix_files_did_rse_state", "did", "rse", "state"),
+    # completion: "does this request still have open files?" without reading them all
+    sa.Index("ix_files_request_state", "request_id", "state"),
 )
 rules_t = sa.Table(
     "request_rules",
@@ -49,6 +51,7 @@ rules_t = sa.Table(
 PENDING, STAGED, VISIBLE, FAILED = "pending", "staged", "visible", "failed"
 CANCELLED = "cancelled"
 FINAL = (VISIBLE, FAILED, CANCELLED)
+OPEN = (PENDING, STAGED)  # a request with files in these states is not done
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,174 @@
+"""The stager's and notifier's stores under concurrent handlers: grouped transactions, the
+same answers as one by one.
+
+On SQLite (a file) and on PostgreSQL (a database of its own, dropped after).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from dlaas.contracts import Notification
+from dlaas.grouping import GroupRunner
+from dlaas_notifier.store import Store as NotifierStore
+from dlaas_notifier.tables import Database
+from dlaas_stager.ports import FileInfo
+from dlaas_stager.store import PENDING, STAGED, VISIBLE, NewRequest, Store
+
+
+def _psql(sql: str) -> None:
+    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-q", "-c", sql],
+                   check=True, capture_output=True, timeout=60)  # fmt: skip
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh database of each kind."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'stager.db'}"
+        return
+    name = f"dlaas_store_{uuid.uuid4().hex[:8]}"
+    try:
+        _psql(f'CREATE DATABASE "{name}"')
+    except (OSError, subprocess.CalledProcessError) as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432: {exc}")
+    yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    _psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[Store]:
+    """The store with two requests of 20 files, sharing file f0 (at NOTEBOOK)."""
+    store = Store(db_url)
+    await store.init()
+    for rid, dids in (("r1", range(20)), ("r2", range(19, 39))):
+        files = [FileInfo(f"user.alice:f{i}", 10, None) for i in dids]
+        await store.save_request(
+            NewRequest(rid, "alice", "alice", "NOTEBOOK", None, files, ["rule"], {})
+        )
+    yield store
+    await store.close()
+
+
+async def test_concurrent_lookups_get_their_own_answers(store: Store) -> None:
+    dids = [f"user.alice:f{i}" for i in range(40)]
+    answers = await asyncio.gather(
+        *(store.waiting_for_file(did, "NOTEBOOK") for did in dids),
+        store.waiting_for_file("user.alice:f3", "ELSEWHERE"),
+    )
+    assert [sorted(w.request_id for w in a) for a in answers[:40]] == (
+        [["r1"]] * 19 + [["r1", "r2"]] + [["r2"]] * 19 + [[]]
+    )
+    assert answers[40] == []  # same DID, other RSE
+    assert all(w.did == did for a, did in zip(answers, dids, strict=False) for w in a)
+
+
+async def test_of_racing_claims_exactly_one_wins(store: Store) -> None:
+    claims = await asyncio.gather(
+        *(store.set_file_state("r1", "user.alice:f1", STAGED) for _ in range(5)),
+        store.set_file_state("r1", "user.alice:f2", STAGED),
+    )
+    assert claims == [True, False, False, False, False, True]
+    assert not await store.set_file_state("r1", "user.alice:f1", STAGED)
+    assert await store.waiting_for_file("user.alice:f1", "NOTEBOOK") == []
+
+
+async def test_visible_files_keep_where_and_close_the_request(store: Store) -> None:
+    where = ("/views/alice/f", "root://o//f", "root://c//f")
+    assert await store.is_open("r1")
+    moves = await asyncio.gather(
+        *(
+            store.set_file_state("r1", f"user.alice:f{i}", VISIBLE, where=where)
+            for i in range(20)
+        )
+    )
+    assert all(moves)
+    assert not await store.is_open("r1")
+    assert await store.open_requests(["r1", "r2", "unknown"]) == {"r2"}
+    summary = await store.summary("r1")
+    assert summary is not None
+    assert summary.done
+    assert summary.by_state == {VISIBLE: 20}
+    assert summary.bytes_ready == 200
+    rows = await store.file_rows("r1", 1)
+    assert (rows[0].path, rows[0].pfn, rows[0].cache_url) == where
+    # the same file in r2 still waits
+    waiting = await store.waiting_for_file("user.alice:f19", "NOTEBOOK")
+    assert [(w.request_id, PENDING) for w in waiting] == [("r2", PENDING)]
+
+
+async def test_a_failing_batch_fails_every_caller_and_the_next_batch_runs() -> None:
+    calls: list[list[int]] = []
+
+    @asynccontextmanager
+    async def context() -> AsyncIterator[None]:
+        yield
+
+    async def double(_: None, items: Sequence[int]) -> list[int]:
+        calls.append(list(items))
+        if 13 in items:
+            raise ValueError("unlucky")
+        return [2 * i for i in items]
+
+    runner: GroupRunner[None] = GroupRunner(context)
+    results = await asyncio.gather(
+        *(runner.submit(double, i) for i in range(3)), return_exceptions=True
+    )
+    assert results == [0, 2, 4]
+    assert calls == [[0, 1, 2]]  # one batch for the three concurrent callers
+    failed = await asyncio.gather(
+        runner.submit(double, 13), runner.submit(double, 1), return_exceptions=True
+    )
+    assert all(isinstance(r, ValueError) for r in failed)
+    assert await runner.submit(double, 4) == 8
+
+
+def _note(
+    rid: uuid.UUID, kind: str, did: str | None = None, **fields: object
+) -> Notification:
+    return Notification.model_validate({
+        "request_id": rid, "user": "alice", "kind": kind, "did": did, "text": kind,
+        "source_event_id": str(uuid.uuid4()), **fields,
+    })  # fmt: skip
+
+
+async def test_notifier_facts_count_once_and_are_told_once(db_url: str) -> None:
+    db = Database(db_url)
+    await db.create_tables()
+    store = NotifierStore(db)
+    rid, other = uuid.uuid4(), uuid.uuid4()
+    try:
+        accepted = _note(rid, "accepted", files_total=4)
+        ready = [_note(rid, "file-ready", f"s:f{i}", bytes=10) for i in range(3)]
+        failed = _note(rid, "file-failed", "s:f3", reason="lost")
+        recorded = await asyncio.gather(
+            store.record(accepted, 1.0),
+            *(store.record(n, 2.0) for n in ready),
+            store.record(ready[0], 3.0),  # a repeat in the same batch
+            store.record(failed, 2.5),
+            store.record(_note(other, "file-ready", "s:f0", bytes=1), 2.0),
+        )
+        assert [r.first for r in recorded] == [True, True, True, True, False, True, True]
+        assert not any(r.notified for r in recorded)
+        state = recorded[0].state
+        assert (state.files_total, state.files_ready, state.files_failed) == (4, 3, 1)
+        assert (state.bytes_ready, state.started_at) == (30, 1.0)
+        assert recorded[-1].state.files_ready == 1
+        await asyncio.gather(*(store.mark_notified(n) for n in ready[:2]))
+        again = await asyncio.gather(*(store.record(n, 4.0) for n in ready))
+        assert [(r.first, r.notified) for r in again] == [
+            (False, True), (False, True), (False, False),
+        ]  # fmt: skip
+        assert again[0].state.files_ready == 3
+    finally:
+        await db.close()
