@@ -9,6 +9,7 @@ from dlaas.bus.connection import Bus
 from dlaas.bus.consumer import Consumer
 from dlaas.bus.service import main as run_service
 from dlaas.contracts import FileReady
+from dlaas_fuse_agent.adapters import download
 from dlaas_fuse_agent.adapters.xrootdfs import XrootdfsMount
 from dlaas_fuse_agent.handlers import FuseAgent
 from dlaas_fuse_agent.settings import FuseAgentSettings, FuseOptions
@@ -46,6 +47,8 @@ async def build(bus: Bus, settings: FuseAgentSettings) -> Sequence[Consumer]:
         return all(watcher.healthy for watcher in watchers.values())
 
     bus.checks["mounts"] = mounts_healthy
+    if settings.fuse.downloads:
+        download.configure_client()
     agent = FuseAgent(bus, settings.fuse, on_unreadable)
     queues = (
         [topology.fuse_agent_node_files(settings.fuse.node)] if settings.fuse.node else []

@@ -15,7 +15,8 @@ from dlaas.bus.consumer import Delivery
 from dlaas.contracts import FileFailed, FileReady, FileVisible
 from dlaas.errors import PermanentError, TransientError
 from dlaas_fuse_agent import blocking, domain
-from dlaas_fuse_agent.settings import FuseOptions
+from dlaas_fuse_agent.adapters import download
+from dlaas_fuse_agent.settings import DownloadSpec, FuseOptions
 
 log = structlog.get_logger(__name__)
 
@@ -76,14 +77,17 @@ class FuseAgent:
             visible = FileVisible(
                 **event.model_dump(exclude={"event_id", "occurred_at"}),
                 path=str(view),
-                mount_path=str(target),
+                mount_path=target,
             )
             await self.bus.publish(visible, correlation_id=delivery.correlation_id)
-            log.info("file_visible", path=str(view), mount=str(target))
+            log.info("file_visible", path=str(view), mount=target)
 
-    async def _show(self, event: FileReady, delivery: Delivery) -> tuple[Path, Path]:
+    async def _show(self, event: FileReady, delivery: Delivery) -> tuple[Path, str]:
         mount = next((m for m in self.options.mounts if m.rse == event.rse), None)
         if mount is None:
+            spec = next((d for d in self.options.downloads if d.rse == event.rse), None)
+            if spec is not None:
+                return await self._download(event, spec, delivery)
             raise PermanentError(f"no mount of RSE {event.rse} on this node")
         target = domain.mount_path(event.pfn, mount.mount_path, mount.path_begins_at)
         view = domain.view_path(self.options.views_root, event.user, event.did)
@@ -100,7 +104,44 @@ class FuseAgent:
             raise TransientError(f"not readable yet at {target}: {exc}") from exc
         base = domain.user_view(self.options.views_root, event.user)
         await asyncio.to_thread(_link, view, target, base)
-        return view, target
+        return view, str(target)
+
+    async def _download(
+        self, event: FileReady, spec: DownloadSpec, delivery: Delivery
+    ) -> tuple[Path, str]:
+        """Copy the file into the view over XRootD (download mode), verified."""
+        if spec.max_bytes is not None and event.bytes > spec.max_bytes:
+            raise PermanentError(
+                f"{event.bytes} bytes is over this node's download limit "
+                f"({spec.max_bytes}) for {event.rse}"
+            )
+        view = domain.view_path(self.options.views_root, event.user, event.did)
+        base = domain.user_view(self.options.views_root, event.user)
+        url = event.cache_url if spec.read_from == "cache" else event.pfn
+        try:
+            await asyncio.to_thread(_make_dirs, base, view.parent)
+            copied = await blocking.call(
+                lambda: download.download(
+                    url, view, size=event.bytes, adler32=event.adler32,
+                    timeout_s=spec.timeout_s,
+                ),
+                spec.timeout_s + 5,
+                "xrd-download",
+            )  # fmt: skip
+        except IsADirectoryError as exc:
+            raise PermanentError(f"{view} is a directory: not replaced") from exc
+        except (TransientError, OSError, TimeoutError) as exc:
+            if delivery.last_attempt:
+                raise PermanentError(f"download failed: {exc}") from exc
+            raise TransientError(f"download failed: {exc}") from exc
+        log.info(
+            "file_downloaded",
+            url=url,
+            bytes=copied.bytes,
+            adler32=copied.adler32,
+            copied=copied.copied,
+        )
+        return view, url
 
     async def _fail(self, event: FileReady, reason: str, delivery: Delivery) -> None:
         log.error("file_not_shown", reason=reason)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -51,6 +52,26 @@ class MountSpec(BaseModel):
         return value
 
 
+class DownloadSpec(BaseModel):
+    """An RSE this node cannot mount: its ready files are copied into the view over XRootD."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rse: str = Field(description="RSE whose files are downloaded")
+    read_from: Literal["cache", "origin"] = Field(
+        default="cache",
+        description="Read through the file's XCache URL, or straight from its PFN",
+    )
+    timeout_s: float = Field(
+        default=3600.0, gt=0, description="Longest one copy may take"
+    )
+    max_bytes: int | None = Field(
+        default=None,
+        gt=0,
+        description="Bigger files are refused (the node's disk); None: no limit",
+    )
+
+
 class WatchOptions(BaseModel):
     """How the agent keeps its xrootdfs mounts healthy."""
 
@@ -96,6 +117,11 @@ class FuseOptions(BaseModel):
     )
     mounts: list[MountSpec] = Field(
         default_factory=list, description="Mounts on this node"
+    )
+    downloads: list[DownloadSpec] = Field(
+        default_factory=list,
+        description="RSEs not mounted here: ready files are copied into the view "
+        "(adler32 verified) instead of linked",
     )
     views_root: Path = Field(
         default=Path("/var/lib/dlaas/views"),

@@ -213,7 +213,10 @@ class FileVisible(FileReady):
     path: str = Field(
         description="Where the user sees the file (their view of the mount)"
     )
-    mount_path: str = Field(description="The file on the mount the view points into")
+    mount_path: str = Field(
+        description="The file on the mount the view points into; in download mode, the "
+        "URL it was copied from"
+    )
 
 
 class FileFailed(RequestEvent):
