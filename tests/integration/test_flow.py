@@ -11,7 +11,7 @@ import pytest
 
 from dlaas.bus import topology
 from dlaas.client.api import StageResult, astage
-from dlaas.contracts import Notification
+from dlaas.contracts import FileVisible, Notification
 from dlaas.settings import BusSettings
 from dlaas_devstack.broker import Vhost
 from tests.fakes.catalog import FakeCatalog
@@ -78,6 +78,9 @@ async def test_stage_request_reaches_its_user_only(broker: Vhost, tmp_path: Path
                 stack, catalog.available[info.did, "TMP"].replace("/tmp/", "/notebook/")
             )
         bob = await _spy(broker.url("bob"), "bob")
+        spying = await aio_pika.connect(broker.url())
+        visible = await (await spying.channel()).declare_queue(exclusive=True)
+        await visible.bind(topology.EVENTS, FileVisible.routing_key())
         # a transfer-done that arrives before the request is even recorded
         catalog.make_available(files[1].did, "NOTEBOOK")
         scope, _, name = files[1].did.partition(":")
@@ -107,8 +110,16 @@ async def test_stage_request_reaches_its_user_only(broker: Vhost, tmp_path: Path
                 if n.kind == "accepted"
                 else None
             ),
+            node="notebook-node-1.example.org",
         )
         await asyncio.gather(*tasks)
+        # the node travels with every file; no agent runs there: the shared queue took them
+        nodes = [
+            FileVisible.model_validate_json(m.body).node
+            for m in [await visible.get() for _ in files]
+        ]
+        await spying.close()
+    assert nodes == ["notebook-node-1.example.org"] * len(files)
     assert result.ok, result
     assert sorted(result.ready) == sorted(f.did for f in files)
     for did, ready in result.ready.items():

@@ -95,7 +95,7 @@ class Stager:
         request_id = str(event.request_id)
         await self.store.save_request(NewRequest(
             request_id, event.user, spec.account, event.rse, correlation_id, files, rule_ids,
-            refused,
+            refused, node=event.node,
         ))  # fmt: skip
         replicas = await self.catalog.replicas_at(dids, event.rse)
         available = sum(

@@ -83,7 +83,7 @@ class Announcer:
             if published else
             FileStaged(request_id=file.request_id, user=file.user, did=file.did,
                        rse=file.rse, pfn=pfn, bytes=replica.bytes,
-                       adler32=replica.adler32, dataset=file.parent)
+                       adler32=replica.adler32, dataset=file.parent, node=file.node)
         )  # fmt: skip
         try:
             await self.bus.publish(event, correlation_id=file.correlation_id)

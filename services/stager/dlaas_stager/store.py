@@ -73,6 +73,18 @@ class _Move:
     where: tuple[str, str, str] | None
 
 
+def _add_missing_columns(conn: sa.Connection) -> None:
+    """Columns added since a store was created (nullable ones: an ALTER TABLE each)."""
+    for table in (requests_t, files_t):
+        have = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in have and column.nullable:
+                kind = column.type.compile(conn.dialect)
+                conn.execute(
+                    sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+                )
+
+
 class Store:
     """SQL store over SQLAlchemy's async engine (aiosqlite or asyncpg).
 
@@ -99,6 +111,7 @@ class Store:
             await conn.run_sync(metadata.create_all)
             for index in files_t.indexes:
                 await conn.run_sync(index.create, checkfirst=True)
+            await conn.run_sync(_add_missing_columns)
 
     async def close(self) -> None:
         """Release connections."""
@@ -120,6 +133,7 @@ class Store:
                         "state": "accepted",
                         "created_at": time.time(),
                         "kind": req.kind,
+                        "node": req.node,
                     }
                 ],
             )
@@ -154,7 +168,9 @@ class Store:
         if rows:
             await conn.execute(self._insert(table).on_conflict_do_nothing(), rows)
 
-    def _waiting(self) -> sa.Select[str, str, str | None, str, str, str, str | None]:
+    def _waiting(
+        self,
+    ) -> sa.Select[str, str, str | None, str, str, str, str | None, str | None]:
         return sa.select(
             files_t.c.request_id,
             requests_t.c.user,
@@ -163,6 +179,7 @@ class Store:
             files_t.c.rse,
             requests_t.c.kind,
             files_t.c.parent,
+            requests_t.c.node,
         ).join(requests_t, requests_t.c.request_id == files_t.c.request_id)
 
     async def waiting_for_file(self, did: str, rse: str) -> list[WaitingFile]:
@@ -200,7 +217,8 @@ class Store:
         return await self._fetch_waiting(query)
 
     async def _fetch_waiting(
-        self, query: sa.Select[str, str, str | None, str, str, str, str | None]
+        self,
+        query: sa.Select[str, str, str | None, str, str, str, str | None, str | None],
     ) -> list[WaitingFile]:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()

@@ -22,6 +22,8 @@ requests_t = sa.Table(
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("kind", sa.String(16), nullable=False, server_default=STAGE),
+    # the notebook's node: its fuse agent shows the files
+    sa.Column("node", sa.String(253)),
 )
 files_t = sa.Table(
     "request_files",
@@ -67,6 +69,7 @@ class NewRequest:
     rule_ids: Sequence[str]
     refused: Mapping[str, str]  # DID -> why Rucio refused it
     kind: str = STAGE
+    node: str | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class WaitingFile:
     rse: str
     kind: str = STAGE
     parent: str | None = None
+    node: str | None = None
 
 
 @dataclass(frozen=True)
