@@ -200,12 +200,23 @@ async def test_cancel_removes_a_rule_only_when_no_other_request_needs_it(
 async def test_unknown_dids_and_quota_are_told_clearly(
     broker: Vhost, rucio_stack: RucioStack, services: tuple[Stack, RucioCatalog]
 ) -> None:
-    name = _name()
+    name, inner, loose, container = _name(), _name(), _name(), _name("cnt")
     make_dataset(rucio_stack, "user.alice", name, 1)
-    mixed = await _stage(
-        broker, "alice", f"user.alice:{name}", "user.alice:no-such-thing"
+    make_dataset(rucio_stack, "user.alice", inner, 1)
+    single = make_dataset(rucio_stack, "user.alice", loose, 2)[1]
+    rucio_stack.client().add_container("user.alice", container)
+    rucio_stack.client().attach_dids(
+        "user.alice", container, [{"scope": "user.alice", "name": inner}]
     )
-    assert len(mixed.ready) == 1
+    # a container, a dataset, a file and a DID Rucio does not know, in one request
+    mixed = await _stage(broker, "alice", f"user.alice:{container}", f"user.alice:{name}",
+                         f"user.alice:{single.name}", "user.alice:no-such-thing")  # fmt: skip
+    assert mixed.completed
+    assert sorted(mixed.ready) == sorted(
+        [f"user.alice:{inner}.f0.dat", f"user.alice:{name}.f0.dat",
+         f"user.alice:{single.name}"]
+    )  # fmt: skip
+    assert list(mixed.failed) == ["user.alice:no-such-thing"]
     assert "DataIdentifierNotFound" in mixed.failed["user.alice:no-such-thing"]
     build_lake(rucio_stack, users=("carol",))
     rucio_stack.client().set_local_account_limit("carol", NOTEBOOK, 0)
@@ -305,3 +316,28 @@ async def test_a_notebook_output_is_published_back_and_told_when_safe(
     )
     assert replica["states"] == {ORIGIN: "AVAILABLE"}
     assert replica["adler32"] == checksum(local)[1]
+
+
+async def test_a_rule_the_stagers_rucio_identity_may_not_make_is_refused_clearly(
+    broker: Vhost, rucio_stack: RucioStack, tmp_path: Path
+) -> None:
+    name = _name()
+    make_dataset(rucio_stack, "user.alice", name, 1)
+    # the stager as a plain Rucio account (bob, no admin): it may make rules for bob only
+    plain = RucioCatalog(RucioSettings.model_validate({
+        "host": rucio_stack.rucio_host, "username": "ddmlab", "password": "secret",
+        "account": "bob"}))  # fmt: skip
+    async with running_services(
+        broker.url(), tmp_path, plain, mount=rse_dir(rucio_stack, NOTEBOOK),
+        retry_delays=(1.0, 2.0, 4.0),
+    ):  # fmt: skip
+        refused = await _stage(broker, "alice", f"user.alice:{name}")
+        allowed = await _stage(broker, "bob", f"user.alice:{name}")  # the stager goes on
+    assert refused.completed
+    assert not refused.ready
+    assert refused.reason is not None
+    for words in (f"user.alice:{name}", "no permission", "(bob)", "account alice",
+                  "AccessDenied"):  # fmt: skip
+        assert words in refused.reason, refused.reason
+    assert allowed.ok, allowed
+    assert [r["account"] for r in _rules(rucio_stack, "user.alice", name)] == ["bob"]

@@ -128,6 +128,7 @@ class RucioCatalog:
             creds=creds,
             timeout=int(self.settings.timeout_s),
             vo=self.settings.vo,
+            user_agent="dlaas-stager",  # Rucio's operators (and access logs) see who calls
         )
 
     async def _call(self, call: str, fn: Callable[[Any], T]) -> T:
