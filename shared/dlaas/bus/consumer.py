@@ -76,6 +76,14 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:1000]
 
 
+def _attempt(headers: Mapping[str, object] | None) -> int:
+    """The attempt header; anyone may publish one, so junk counts as a first attempt."""
+    try:
+        return max(1, int(str((headers or {}).get(ATTEMPT_HEADER, 1))))
+    except ValueError:
+        return 1
+
+
 class Consumer:
     """Consumes one work queue and dispatches by decoded type to typed handlers."""
 
@@ -139,7 +147,7 @@ class Consumer:
                 self._idle.set()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        attempt = int(str((message.headers or {}).get(ATTEMPT_HEADER, 1)))
+        attempt = _attempt(message.headers)
         with structlog.contextvars.bound_contextvars(
             queue=self.spec.name,
             message_id=message.message_id,

@@ -16,7 +16,8 @@ _NAME = re.compile(r"^[A-Za-z0-9._/+\-:]{1,250}$")
 
 def _check_did(value: str) -> str:
     scope, sep, name = value.partition(":")
-    if not sep or not _SCOPE.match(scope) or not _NAME.match(name):
+    # fullmatch: "$" of match() also accepts a trailing newline ("scope:name\n")
+    if not sep or not _SCOPE.fullmatch(scope) or not _NAME.fullmatch(name):
         raise ValueError(f"not a valid DID 'scope:name': {value[:80]!r}")
     if name.startswith("/") or ".." in name.split("/") or name in {".", ".."}:
         raise ValueError(f"DID name would escape a directory: {value[:80]!r}")
