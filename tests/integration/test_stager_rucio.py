@@ -18,6 +18,7 @@ from typing import Any
 import aio_pika
 import pytest
 
+from bench.stager_rucio import stage_once
 from dlaas.bus import topology
 from dlaas.bus.connection import Bus
 from dlaas.client.api import StageResult, acancel, apublish, astage, checksum
@@ -30,6 +31,7 @@ from dlaas_devstack.lake import (
     SCRATCH,
     build_lake,
     make_dataset,
+    register_dataset,
     rse_dir,
 )
 from dlaas_devstack.rucio import RucioStack
@@ -341,3 +343,21 @@ async def test_a_rule_the_stagers_rucio_identity_may_not_make_is_refused_clearly
         assert words in refused.reason, refused.reason
     assert allowed.ok, allowed
     assert [r["account"] for r in _rules(rucio_stack, "user.alice", name)] == ["bob"]
+
+
+async def test_the_benchmarks_path_on_a_small_dataset(
+    broker: Vhost, rucio_stack: RucioStack, tmp_path: Path
+) -> None:
+    """bench.stager_rucio's code path on 30 files (the figures come from 100,000)."""
+    name = _name("big")
+    register_dataset(rucio_stack, "user.alice", name, 30)
+    result = await stage_once(broker, rucio_stack, tmp_path, [f"user.alice:{name}"], 30,
+                              async_min_files=10, timeout=120)  # fmt: skip
+    assert result.failed is None
+    assert result.tracked_s is not None
+    assert result.injected_s is not None  # made by Rucio's judge-injector
+    (rule,) = _rules(rucio_stack, "user.alice", name)
+    assert rule["account"] == "alice"
+    assert result.adapter_calls["add_replication_rule"] == 1
+    assert result.adapter_calls["list_files"] == 1
+    assert result.rss_peak_mb >= result.rss_idle_mb > 0
