@@ -14,7 +14,7 @@ import structlog
 from rucio.common.exception import Duplicate
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
     from pathlib import Path
 
     from dlaas_devstack.rucio import RucioStack
@@ -116,11 +116,13 @@ def register_dataset(
     *,
     file_size: int = 1024,
     chunk: int = CHUNK,
+    after_chunk: Callable[[int], None] | None = None,
 ) -> list[str]:
     """Register n files at ORIGIN in a new dataset, in bulk, writing no bytes; their DIDs.
 
     For scale (benchmarks): add_replicas and attach_dids of ``chunk`` files per call, so
     100,000 files take 200 calls; nothing can be read or transferred for real.
+    ``after_chunk`` is called with the number of files done (e.g. to ANALYZE the database).
     """
     client = stack.client()
     client.add_dataset(scope, name)
@@ -132,6 +134,8 @@ def register_dataset(
             for n in part
         ])  # fmt: skip
         client.attach_dids(scope, name, [{"scope": scope, "name": n} for n in part])
+        if after_chunk is not None:
+            after_chunk(start + len(part))
     log.info("dataset_registered", scope=scope, name=name, files=n_files)
     return [f"{scope}:{n}" for n in names]
 
