@@ -332,11 +332,12 @@ def _table(r: Result) -> str:
     widths = [max(len(row[i]) for row in [heads, *rows]) for i in range(2)]
     out = [f"{a:{widths[0]}}  {b:{widths[1]}}  {c}" for a, b, c in [heads, *rows]]
     out.append(
-        f"naive: measured over {r.naive_sample} files"
-        + ("" if naive is None else f" ({naive:.1f} ms per rule)")
-        + f", extrapolated linearly to {r.files:,}; Rucio set-up (register, attach, "
-        f"ANALYZE) took {r.setup_s:.0f} s"
+        "naive: not measured"
+        if naive is None
+        else f"naive: measured over {r.naive_sample} files ({naive:.1f} ms per rule), "
+        f"extrapolated linearly to {r.files:,}"
     )
+    out.append(f"Rucio set-up (register, attach, ANALYZE): {r.setup_s:.0f} s")
     if r.failed:
         out.append(f"FAILED: {r.failed}")
     return "\n".join(out)

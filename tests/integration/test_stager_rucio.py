@@ -46,10 +46,10 @@ def _bus(url: str) -> BusSettings:
     return BusSettings.model_validate({"url": url})
 
 
-def _catalog(stack: RucioStack) -> RucioCatalog:
+def _catalog(stack: RucioStack, **settings: object) -> RucioCatalog:
     return RucioCatalog(RucioSettings.model_validate({
         "host": stack.rucio_host, "username": "ddmlab", "password": "secret",
-        "account": "root"}))  # fmt: skip
+        "account": "root", **settings}))  # fmt: skip
 
 
 def _name(prefix: str = "ds") -> str:
@@ -326,9 +326,7 @@ async def test_a_rule_the_stagers_rucio_identity_may_not_make_is_refused_clearly
     name = _name()
     make_dataset(rucio_stack, "user.alice", name, 1)
     # the stager as a plain Rucio account (bob, no admin): it may make rules for bob only
-    plain = RucioCatalog(RucioSettings.model_validate({
-        "host": rucio_stack.rucio_host, "username": "ddmlab", "password": "secret",
-        "account": "bob"}))  # fmt: skip
+    plain = _catalog(rucio_stack, account="bob")
     async with running_services(
         broker.url(), tmp_path, plain, mount=rse_dir(rucio_stack, NOTEBOOK),
         retry_delays=(1.0, 2.0, 4.0),
@@ -343,6 +341,24 @@ async def test_a_rule_the_stagers_rucio_identity_may_not_make_is_refused_clearly
         assert words in refused.reason, refused.reason
     assert allowed.ok, allowed
     assert [r["account"] for r in _rules(rucio_stack, "user.alice", name)] == ["bob"]
+
+
+async def test_a_big_request_s_rule_made_by_rucio_s_injector_completes_the_same(
+    broker: Vhost, rucio_stack: RucioStack, tmp_path: Path
+) -> None:
+    name = _name()
+    make_dataset(rucio_stack, "user.alice", name, 3)
+    # "big" from 2 files: the rule is created asynchronously, Rucio's judge-injector makes
+    # its locks, then transfers, hermes and rule_ok as for any rule
+    async with running_services(
+        broker.url(), tmp_path, _catalog(rucio_stack, async_rule_min_files=2),
+        mount=rse_dir(rucio_stack, NOTEBOOK), retry_delays=(1.0, 2.0, 4.0),
+    ):  # fmt: skip
+        result = await _stage(broker, "alice", f"user.alice:{name}")
+    assert result.ok, result
+    assert len(result.ready) == 3
+    (rule,) = _rules(rucio_stack, "user.alice", name)
+    assert rule["state"] == "OK"
 
 
 async def test_the_benchmarks_path_on_a_small_dataset(
