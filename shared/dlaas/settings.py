@@ -2,10 +2,46 @@
 
 from __future__ import annotations
 
+import ssl
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class TlsSettings(BaseModel):
+    """How an ``amqps://`` connection checks the broker and, optionally, proves who we are."""
+
+    model_config = ConfigDict(frozen=True)
+
+    ca_file: Path | None = Field(
+        default=None,
+        description="PEM file of the CAs that sign the broker's certificate; unset: the "
+        "system's trust store",
+    )
+    cert_file: Path | None = Field(
+        default=None, description="PEM client certificate (mutual TLS); unset: none"
+    )
+    key_file: Path | None = Field(
+        default=None, description="PEM private key of the client certificate"
+    )
+    check_hostname: bool = Field(
+        default=True, description="The certificate must name the host of the URL"
+    )
+
+    def context(self) -> ssl.SSLContext:
+        """A client context that verifies the broker's certificate (never switched off)."""
+        context = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH,
+            cafile=None if self.ca_file is None else str(self.ca_file),
+        )
+        context.check_hostname = self.check_hostname
+        if self.cert_file is not None:
+            context.load_cert_chain(
+                self.cert_file, None if self.key_file is None else self.key_file
+            )
+        return context
 
 
 class BusSettings(BaseModel):
@@ -40,6 +76,21 @@ class BusSettings(BaseModel):
     delivery_limit: int = Field(
         default=20, ge=1, description="Quorum-queue redelivery backstop (crash loops)"
     )
+    tls: TlsSettings = Field(
+        default_factory=TlsSettings, description="Certificates of amqps:// connections"
+    )
+    reconnect_interval_s: float = Field(
+        default=5.0, gt=0, description="Wait between attempts to reach a lost broker"
+    )
+
+    @property
+    def uses_tls(self) -> bool:
+        """Whether the URL asks for TLS (``amqps://``)."""
+        return urlsplit(self.url.get_secret_value()).scheme == "amqps"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context of an ``amqps://`` URL; None for plain ``amqp://``."""
+        return self.tls.context() if self.uses_tls else None
 
     @property
     def login(self) -> str:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import pytest
+
+from tests.faults.private_rabbit import PrivateRabbit, make_certificates
 
 _ROWS: list[FaultFigure] = []
 
@@ -65,3 +67,15 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if _ROWS:
         terminalreporter.section("faults and figures")
         terminalreporter.write_line(format_table(_ROWS))
+
+
+@pytest.fixture(scope="package")
+def private_rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRabbit]:
+    """A RabbitMQ node of the fault suite's own (plain and TLS listeners), to restart."""
+    folder = tmp_path_factory.mktemp("rabbit")
+    node = PrivateRabbit(folder, make_certificates(folder / "certs"))
+    try:
+        node.start()
+        yield node
+    finally:
+        node.stop()

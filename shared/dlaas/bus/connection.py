@@ -19,11 +19,22 @@ from aio_pika.abc import (
 
 from dlaas.bus import topology
 from dlaas.contracts.base import Event
+from dlaas.errors import TransientError
 from dlaas.settings import BusSettings
 
 log = structlog.get_logger(__name__)
 
 JSON = "application/json"
+
+# what a publish or an ack raises while the connection is down or being restored
+CONNECTION_LOST: tuple[type[Exception], ...] = (
+    ConnectionError,  # aiormq's AMQPConnectionError and ConnectionClosed too
+    aiormq.exceptions.ChannelInvalidStateError,
+)
+ACK_FAILURES: tuple[type[Exception], ...] = (
+    *CONNECTION_LOST,
+    aiormq.exceptions.AMQPError,
+)
 
 
 @dataclass
@@ -109,7 +120,7 @@ class Acks:
                     await channel.basic_ack(upto, multiple=True)
                 for tag in singles:
                     await channel.basic_ack(tag)
-            except (aiormq.exceptions.AMQPError, ConnectionError) as exc:
+            except ACK_FAILURES as exc:
                 log.warning("ack_failed", error=repr(exc))  # redelivered: idempotent
 
 
@@ -157,6 +168,7 @@ class Bus:
         self._strict: dict[str, AbstractExchange] | None = None
         self._strict_lock = asyncio.Lock()
         self.acks = Acks()
+        self._down = False  # the connection was lost and is not back yet
 
     def on_close(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Release ``callback``'s resource when the bus closes (stores, HTTP clients)."""
@@ -167,7 +179,12 @@ class Bus:
         self._connection = await aio_pika.connect_robust(
             self.settings.url.get_secret_value(),
             client_properties={"connection_name": self.name},
+            ssl_context=self.settings.ssl_context(),
+            reconnect_interval=self.settings.reconnect_interval_s,
         )
+        # aio-pika reconnects, reopens the channel and consumes again on its own
+        self._connection.reconnect_callbacks.add(self._reconnected)
+        self._connection.close_callbacks.add(self._lost)
         self._channel = await self._connection.channel(
             publisher_confirms=True, on_return_raises=self.mandatory
         )
@@ -176,6 +193,15 @@ class Bus:
         self._exchanges = await lookup(self._channel)
         log.info("bus_connected", url=self.settings.display_url, service=self.name)
         return self
+
+    def _reconnected(self, _: object) -> None:
+        self._down = False
+        log.info("bus_reconnected", url=self.settings.display_url, service=self.name)
+
+    def _lost(self, _: object, exc: BaseException | None) -> None:
+        if exc is not None and not self._down:  # None: closed by us; once per outage
+            self._down = True
+            log.warning("bus_connection_lost", error=repr(exc), service=self.name)
 
     @property
     def channel(self) -> AbstractChannel:
@@ -215,12 +241,19 @@ class Bus:
             app_id=self.name,
         )
         strict = mandatory and not self.mandatory
-        exchanges = await self._strict_exchanges() if strict else self._exchanges
-        await exchanges[exchange].publish(
-            message,
-            routing_key=routing_key or event.routing_key(),
-            mandatory=self.mandatory if mandatory is None else mandatory,
-        )
+        try:
+            exchanges = await self._strict_exchanges() if strict else self._exchanges
+            await exchanges[exchange].publish(
+                message,
+                routing_key=routing_key or event.routing_key(),
+                mandatory=self.mandatory if mandatory is None else mandatory,
+            )
+        except CONNECTION_LOST as exc:
+            # not confirmed: try again once reconnected (the message is redelivered or
+            # retried), never dead-letter it as if it were a bug
+            raise TransientError(
+                f"broker connection lost while publishing: {exc!r}"
+            ) from exc
 
     async def _strict_exchanges(self) -> dict[str, AbstractExchange]:
         """The exchanges on a channel where a returned message raises (opened once)."""

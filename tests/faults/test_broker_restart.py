@@ -1,0 +1,66 @@
+"""RabbitMQ restarted in the middle of a burst: the services reconnect on their own.
+
+The node is the suite's private one (the machine's broker is shared); queues are durable
+quorum queues and messages persistent, so what was queued or unacked comes back with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.faults.conftest import FaultFigure, Record
+from tests.faults.pipeline import Burst, Inbox, Replicas, judge
+from tests.faults.private_rabbit import PrivateRabbit
+
+pytestmark = [pytest.mark.faults]
+
+FILES = 300
+
+
+async def test_a_broker_restarted_mid_burst_loses_nothing(
+    private_rabbit: PrivateRabbit, tmp_path: Path, fault_report: Record
+) -> None:
+    replicas = Replicas(
+        private_rabbit.url(),
+        tmp_path,
+        stager_db=f"sqlite+aiosqlite:///{tmp_path / 'stager.db'}",
+        notifier_db=f"sqlite+aiosqlite:///{tmp_path / 'notifier.db'}",
+        replicas=1,
+        extra_env={"DLAAS_BUS__RECONNECT_INTERVAL_S": "1"},
+    )
+    await replicas.prepare()
+    await asyncio.to_thread(replicas.start)
+    try:
+        burst = Burst(FILES)
+        await burst.record(replicas)
+        async with Inbox(replicas.url, burst) as inbox:
+            await burst.inject(replicas.url)
+            await inbox.wait_for(FILES // 5, timeout=120)
+            down, up = await asyncio.to_thread(private_rabbit.restart)
+            back_at = time.monotonic()
+            await inbox.settle(timeout=180)
+        alive = {name: child.alive() for name, child in replicas.children.items()}
+        logs = {name: replicas.log_text(name) for name in replicas.children}
+    finally:
+        await asyncio.to_thread(replicas.stop)
+    told = inbox.told
+    after = [t for t in told.arrivals if t >= back_at]
+    fault_report(
+        FaultFigure(
+            fault="RabbitMQ node restarted mid-burst (1 replica each)",
+            sent=FILES,
+            lost=told.lost(burst),
+            duplicates=told.duplicates(),
+            recovery_s=(min(after) - back_at) if after else None,
+            note=f"node down {down:.1f} s, up again in {up:.1f} s; recovery: from the "
+            "node up to the next file told",
+        )
+    )
+    assert all(alive.values()), alive
+    for name, text in logs.items():
+        assert "bus_reconnected" in text, name
+    await judge(replicas, burst, told)
