@@ -7,14 +7,21 @@ dlaas services as separate processes and then, as the user alice, exactly what a
 
     dlaas stage user.alice:ds2 --rse NOTEBOOK --wait
 
-Finally it reads one ready file through its XCache URL and checks its adler32. Everything it
-started is stopped at the end, whatever happens.
+It reads one ready file through its XCache URL and checks its adler32, then stages the way
+users pick data today: an ESAP shopping basket saved as JSON (one Rucio item, one item of
+another archive) and a notebook whose ``rucio_attachments`` name a dataset:
+
+    dlaas stage --from basket.json --rse NOTEBOOK --wait
+    dlaas stage --from analysis.ipynb --rse NOTEBOOK --wait
+
+Everything it started is stopped at the end, whatever happens.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -105,7 +112,12 @@ def run(workdir: Path, n_files: int) -> int:
         with RucioStack(settings) as stack:
             build_lake(stack)
             files = make_dataset(stack, "user.alice", "ds2", n_files)
-            print(f"lake: ORIGIN and NOTEBOOK, dataset user.alice:ds2 of {n_files} files")
+            make_dataset(stack, "user.alice", "ds3", 2)
+            make_dataset(stack, "user.alice", "ds4", 2)
+            print(
+                f"lake: ORIGIN and NOTEBOOK, datasets user.alice:ds2 of {n_files} files, "
+                "user.alice:ds3 and user.alice:ds4 of 2"
+            )
             with _mount(workdir, origin_port, rse_dir(stack, NOTEBOOK)) as mount:
                 config = DlaasConfig(
                     workdir=workdir / "dlaas",
@@ -116,17 +128,40 @@ def run(workdir: Path, n_files: int) -> int:
                     cache_endpoints=(cache_url,) if cache_url else (),
                 )
                 with DlaasServices(config):
-                    code = _stage_as_alice(vhost.url("alice"))
+                    url = vhost.url("alice")
+                    code = _stage_as_alice(url, ["user.alice:ds2"])
                     if code == 0 and cache_url:
                         pfn = f"root://127.0.0.1:{origin_port}/{files[0].pfn_path_at(NOTEBOOK)}"
                         _read_through_cache(f"{cache_url}//{pfn}", files[0])
+                    basket, notebook = _users_files(workdir)
+                    code = code or _stage_as_alice(url, ["--from", str(basket)])
+                    code = code or _stage_as_alice(url, ["--from", str(notebook)])
     _say(f"stopped everything; logs under {workdir}")
     vhost.delete()
     return code
 
 
-def _stage_as_alice(url: str) -> int:
-    command = ["dlaas", "stage", "user.alice:ds2", "--rse", NOTEBOOK, "--wait"]
+def _users_files(workdir: Path) -> tuple[Path, Path]:
+    """A saved ESAP basket and a notebook of the Rucio JupyterLab extension, as users have."""
+    basket = workdir / "basket.json"
+    items = [
+        {"archive": "rucio", "record": {"scope": "user.alice", "name": "ds3"}},
+        {"archive": "zenodo", "record": {"doi": "10.5281/zenodo.1234"}},
+    ]
+    # ESAP's API answer: item_data is a JSON string inside each shopping_cart item
+    cart = [{"id": i, "item_data": json.dumps(item)} for i, item in enumerate(items)]
+    basket.write_text(json.dumps({"results": [{"shopping_cart": cart}]}))
+    notebook = workdir / "analysis.ipynb"
+    attachment = {"did": "user.alice:ds4", "type": "dataset", "variableName": "events"}
+    notebook.write_text(json.dumps({
+        "cells": [], "nbformat": 4, "nbformat_minor": 5,
+        "metadata": {"rucio_attachments": [attachment]},
+    }))  # fmt: skip
+    return basket, notebook
+
+
+def _stage_as_alice(url: str, what: list[str]) -> int:
+    command = ["dlaas", "stage", *what, "--rse", NOTEBOOK, "--wait"]
     _say(f"as alice: {' '.join(command)}")
     started = time.monotonic()
     dlaas = str(Path(sys.executable).parent / "dlaas")

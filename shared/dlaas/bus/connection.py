@@ -199,7 +199,12 @@ class Bus:
         log.info("bus_reconnected", url=self.settings.display_url, service=self.name)
 
     def _lost(self, _: object, exc: BaseException | None) -> None:
-        if exc is not None and not self._down:  # None: closed by us; once per outage
+        # None or a cancellation: closed by us (close()); otherwise once per outage
+        if (
+            exc is not None
+            and not isinstance(exc, asyncio.CancelledError)
+            and not self._down
+        ):
             self._down = True
             log.warning("bus_connection_lost", error=repr(exc), service=self.name)
 
