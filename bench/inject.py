@@ -39,7 +39,7 @@ async def inject(
                 headers={"event_type": "transfer-done"},
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             )
-            await exchange.publish(message, routing_key="local")
+            await exchange.publish(message, routing_key="default")  # the instance
         finally:
             window.release()
 

@@ -49,6 +49,7 @@ async def running_services(
     hold: Collection[str] = (),
     watchdog_s: float = 20.0,
     parked_ttl_s: float = 600,
+    instances_file: Path | None = None,
 ) -> AsyncIterator[Stack]:
     """All four services consuming, each with its own connection, stopped on exit."""
     bus_settings = BusSettings.model_validate(
@@ -57,6 +58,7 @@ async def running_services(
     stack = Stack(mount or tmp / "mnt" / "notebook", tmp / "views")
     stager = StagerSettings(
         bus=bus_settings,
+        instances_file=instances_file,
         stager=StagerOptions(
             db_url=db_url or f"sqlite+aiosqlite:///{tmp / 'stager.db'}",
             watchdog_interval_s=watchdog_s,

@@ -47,7 +47,7 @@ async def _hermes(
                 headers={"event_type": event_type},
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             ),
-            routing_key="local",
+            routing_key="default",  # the instance (hermes publishes with its name)
         )
 
 

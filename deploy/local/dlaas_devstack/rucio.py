@@ -83,7 +83,7 @@ class RucioStackSettings:
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     stomp_port: int = 61613
     hermes_exchange: str = "rucio.hermes"
-    instance: str = "local"
+    instance: str = "default"  # the routing key its hermes publishes with
     db_name: str = "dlaas_rucio"
     daemon_sleep: float = 1.0  # Rucio's CLIs take whole seconds and never sleep under 1 s
     xrootd_port: int = 1094

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import structlog
 
@@ -56,6 +57,26 @@ def _link(view: Path, target: Path, base: Path) -> None:
         raise PermanentError(f"{view} is a directory: not replaced") from exc
 
 
+class _OfRse(Protocol):
+    @property
+    def rse(self) -> str: ...
+    @property
+    def instance(self) -> str | None: ...
+
+
+_Spec = TypeVar("_Spec", bound=_OfRse)
+
+
+def _for(specs: Sequence[_Spec], event: FileReady) -> _Spec | None:
+    """The spec of the event's RSE: of its instance if one is, else of any instance."""
+    same = [
+        s for s in specs if s.rse == event.rse and s.instance in (None, event.instance)
+    ]
+    return next((s for s in same if s.instance is not None), None) or next(
+        iter(same), None
+    )
+
+
 @dataclass(frozen=True)
 class FuseAgent:
     """Handlers with their dependencies."""
@@ -83,9 +104,9 @@ class FuseAgent:
             log.info("file_visible", path=str(view), mount=target)
 
     async def _show(self, event: FileReady, delivery: Delivery) -> tuple[Path, str]:
-        mount = next((m for m in self.options.mounts if m.rse == event.rse), None)
+        mount = _for(self.options.mounts, event)
         if mount is None:
-            spec = next((d for d in self.options.downloads if d.rse == event.rse), None)
+            spec = _for(self.options.downloads, event)
             if spec is not None:
                 return await self._download(event, spec, delivery)
             raise PermanentError(f"no mount of RSE {event.rse} on this node")

@@ -29,6 +29,11 @@ class MountSpec(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     rse: str = Field(description="RSE whose files are under this mount")
+    instance: str | None = Field(
+        default=None,
+        description="Rucio instance of the RSE, when RSE names repeat across instances; "
+        "None: any",
+    )
     mount_path: Path = Field(description="Where the RSE is mounted on the node")
     path_begins_at: int = Field(
         default=0, ge=0, description="Leading PFN path components the mount does not show"
@@ -58,6 +63,9 @@ class DownloadSpec(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     rse: str = Field(description="RSE whose files are downloaded")
+    instance: str | None = Field(
+        default=None, description="Rucio instance of the RSE; None: any"
+    )
     read_from: Literal["cache", "origin"] = Field(
         default="cache",
         description="Read through the file's XCache URL, or straight from its PFN",

@@ -19,8 +19,8 @@ from dlaas.contracts import (
     StatusRequested,
 )
 from dlaas_stager.adapters.rucio import RucioCatalog
-from dlaas_stager.batching import ReplicaBatcher
 from dlaas_stager.handlers import Stager
+from dlaas_stager.instances import Instances
 from dlaas_stager.ports import Catalog
 from dlaas_stager.rucio_events import RucioEvents
 from dlaas_stager.settings import StagerSettings
@@ -38,20 +38,22 @@ async def build(
 ) -> Sequence[Consumer]:
     """Wire the stager's consumers (tests pass their own catalog)."""
     options = settings.stager
-    store = Store(options.db_url)
+    store = Store(options.db_url, default_instance=options.default_instance)
     await store.init()
     bus.on_close(store.close)
-    catalog = catalog or RucioCatalog(settings.rucio)
-    announcer = Announcer(bus, store)
-    stager = Stager(bus, catalog, store, announcer, options)
-    rucio = RucioEvents(
-        catalog,
-        store,
-        announcer,
-        ReplicaBatcher(catalog, window_s=options.batch_window_s),
+    instances = Instances(
+        options.default_instance,
+        {options.default_instance: settings.rucio, **settings.instances},
+        RucioCatalog,
+        file=settings.instances_file,
+        batch_window_s=options.batch_window_s,
+        catalogs={options.default_instance: catalog} if catalog else None,
     )
+    announcer = Announcer(bus, store)
+    stager = Stager(bus, instances, store, announcer, options)
+    rucio = RucioEvents(instances, store, announcer)
     watchdog = Watchdog(
-        catalog, store, announcer, options.watchdog_interval_s, options.watchdog_after_s
+        instances, store, announcer, options.watchdog_interval_s, options.watchdog_after_s
     )
     watchdog.start()
     bus.on_close(watchdog.stop)

@@ -21,6 +21,7 @@ from dlaas.contracts import (
 )
 from dlaas.errors import PermanentError
 from dlaas_stager import domain, status
+from dlaas_stager.instances import Instances
 from dlaas_stager.ports import Catalog, FileInfo, RuleSpec
 from dlaas_stager.settings import StagerOptions
 from dlaas_stager.staging import Announcer
@@ -34,7 +35,7 @@ class Stager:
     """Handlers with their dependencies (the composition root builds one)."""
 
     bus: Bus
-    catalog: Catalog
+    instances: Instances
     store: Store
     announcer: Announcer
     options: StagerOptions
@@ -61,18 +62,28 @@ class Stager:
                 await self.bus.publish(failed, correlation_id=delivery.correlation_id)
 
     async def _dry_run(self, event: RuleRequested, correlation_id: str | None) -> None:
-        report = await status.plan(self.catalog, event)
+        try:
+            catalog = self.instances.catalog(event.instance)
+        except PermanentError as exc:
+            failed = RequestFailed(
+                request_id=event.request_id, user=event.user, reason=str(exc)
+            )
+            await self.bus.publish(failed, correlation_id=correlation_id)
+            return
+        report = await status.plan(catalog, event)
         key = topology.status_routing_key(event.user, str(event.request_id))
         await self.bus.publish(report, exchange=topology.NOTIFY, routing_key=key,
                                correlation_id=correlation_id)  # fmt: skip
 
-    async def _resolve(self, dids: list[str]) -> tuple[list[FileInfo], dict[str, str]]:
+    async def _resolve(
+        self, catalog: Catalog, dids: list[str]
+    ) -> tuple[list[FileInfo], dict[str, str]]:
         """Files of the DIDs Rucio knows, and the reason for each DID it refused."""
         files: dict[str, list[FileInfo]] = {}
         refused: dict[str, str] = {}
         for did in dids:
             try:
-                files |= await self.catalog.list_files([did])
+                files |= await catalog.list_files([did])
             except PermanentError as exc:
                 refused[did] = str(exc)
         if not files:
@@ -81,7 +92,9 @@ class Stager:
 
     async def _accept(self, event: RuleRequested, correlation_id: str | None) -> None:
         requested = list(dict.fromkeys(event.dids))  # each DID once, in the user's order
-        files, refused = await self._resolve(requested)
+        instance = self.instances.name_of(event.instance)
+        catalog = self.instances.catalog(instance)  # PermanentError: unknown instance
+        files, refused = await self._resolve(catalog, requested)
         dids = [d for d in requested if d not in refused]
         spec = RuleSpec(
             dids=dids,
@@ -91,13 +104,13 @@ class Stager:
             activity=domain.activity(event.activity, self.options),
             grouping=self.options.grouping,
         )
-        rule_ids = await self.catalog.add_rules(spec)
+        rule_ids = await catalog.add_rules(spec)
         request_id = str(event.request_id)
         await self.store.save_request(NewRequest(
             request_id, event.user, spec.account, event.rse, correlation_id, files, rule_ids,
-            refused, node=event.node,
+            refused, node=event.node, instance=instance,
         ))  # fmt: skip
-        replicas = await self.catalog.replicas_at(dids, event.rse)
+        replicas = await catalog.replicas_at(dids, event.rse)
         available = sum(
             1 for f in files if f.did in replicas and replicas[f.did].available
         )
@@ -138,21 +151,23 @@ class Stager:
     async def _publish(self, event: PublishRequested, correlation_id: str | None) -> None:
         account = domain.account_for(event.user, self.options)
         info = FileInfo(event.did, event.bytes, event.adler32)
-        await self.catalog.register_replica(event.rse, info, event.pfn)
+        instance = self.instances.name_of(event.instance)
+        catalog = self.instances.catalog(instance)
+        await catalog.register_replica(event.rse, info, event.pfn)
         days = event.lifetime_days
         spec = RuleSpec(
             dids=[event.did], rse=event.to_rse, account=account,
             lifetime_s=None if days is None else domain.lifetime_seconds(days, self.options),
             activity=self.options.activity, grouping=self.options.grouping,
         )  # fmt: skip
-        rule_ids = await self.catalog.add_rules(spec)
+        rule_ids = await catalog.add_rules(spec)
         request_id = str(event.request_id)
         await self.store.save_request(NewRequest(
             request_id, event.user, account, event.to_rse, correlation_id, [info], rule_ids,
-            {}, kind=PUBLISH,
+            {}, kind=PUBLISH, instance=instance,
         ))  # fmt: skip
         log.info("publish_accepted", rule_ids=rule_ids, to_rse=event.to_rse)
-        replicas = await self.catalog.replicas_at([event.did], event.to_rse)
+        replicas = await catalog.replicas_at([event.did], event.to_rse)
         await self.announcer.stage(
             await self.store.waiting_in_request(request_id), replicas
         )
@@ -170,12 +185,13 @@ class Stager:
             if await self.store.owner(request_id) != event.user:
                 raise PermanentError(f"{event.user} has no request {request_id}")
             await self.store.cancel(request_id)
+            catalog = self.instances.catalog(await self.store.instance_of(request_id))
             removed, kept = [], []
             for rule_id in await self.store.rules_of(request_id):
                 if await self.store.rule_needed_elsewhere(rule_id, request_id):
                     kept.append(rule_id)
                 else:
-                    await self.catalog.delete_rule(rule_id)
+                    await catalog.delete_rule(rule_id)
                     removed.append(rule_id)
             cancelled = RequestCancelled(request_id=event.request_id, user=event.user,
                                          rules_removed=removed, rules_kept=kept)  # fmt: skip

@@ -10,7 +10,7 @@ import structlog
 from dlaas.bus.consumer import Delivery
 from dlaas.contracts.hermes import RuleOk, TransferFinished
 from dlaas.errors import TransientError
-from dlaas_stager.batching import ReplicaBatcher
+from dlaas_stager.instances import Instances
 from dlaas_stager.ports import Catalog
 from dlaas_stager.staging import Announcer
 from dlaas_stager.store import Store, WaitingFile
@@ -22,21 +22,31 @@ log = structlog.get_logger(__name__)
 class RucioEvents:
     """Handlers of the hermes queue. Any order, any repetition: they only move files forward."""
 
-    catalog: Catalog
+    instances: Instances
     store: Store
     announcer: Announcer
-    batcher: ReplicaBatcher
+
+    def _instance(self, delivery: Delivery) -> str | None:
+        """The instance whose hermes sent this (its routing key); None: not one of ours."""
+        name = delivery.routing_key or ""
+        if self.instances.knows(name):
+            return name
+        self.instances.tell_unknown(name)
+        return None
 
     async def on_transfer_done(
         self, payload: TransferFinished, delivery: Delivery
     ) -> None:
         """A transfer finished: stage the file once Rucio has its replica AVAILABLE."""
         did = f"{payload.scope}:{payload.name}"
+        instance = self._instance(delivery)
+        if instance is None:
+            return
         with structlog.contextvars.bound_contextvars(did=did, rse=payload.dst_rse):
-            waiting = await self.store.waiting_for_file(did, payload.dst_rse)
+            waiting = await self.store.waiting_for_file(did, payload.dst_rse, instance)
             if not waiting:
                 return  # not ours, already staged, or not recorded yet (checked after rules)
-            replica = await self.batcher.replica(did, payload.dst_rse)
+            replica = await self.instances.batcher(instance).replica(did, payload.dst_rse)
             if replica is not None and replica.available:
                 await self.announcer.stage(waiting, {did: replica})
                 return
@@ -47,17 +57,26 @@ class RucioEvents:
                 )
             log.info("left_to_rule_ok", reason="replica still not AVAILABLE")
 
-    async def on_transfer_failed(self, payload: TransferFinished, _: Delivery) -> None:
+    async def on_transfer_failed(
+        self, payload: TransferFinished, delivery: Delivery
+    ) -> None:
         """Rucio retries failed transfers itself; keep the reason to tell if it goes STUCK."""
         did = f"{payload.scope}:{payload.name}"
+        instance = self._instance(delivery)
+        if instance is None:
+            return
         reason = payload.reason or "transfer failed (Rucio gave no reason)"
-        await self.store.record_reason(did, payload.dst_rse, reason)
+        await self.store.record_reason(did, payload.dst_rse, reason, instance)
         log.warning("transfer_failed", did=did, rse=payload.dst_rse, reason=reason)
 
-    async def on_rule_ok(self, payload: RuleOk, _: Delivery) -> None:
+    async def on_rule_ok(self, payload: RuleOk, delivery: Delivery) -> None:
         """A rule (or its dataset lock) is OK: stage every file it still owes."""
+        instance = self._instance(delivery)
+        if instance is None:
+            return
         with structlog.contextvars.bound_contextvars(rule_id=payload.rule_id):
-            await stage_rule(payload.rule_id, self.store, self.catalog, self.announcer)
+            catalog = self.instances.catalog(instance)
+            await stage_rule(payload.rule_id, self.store, catalog, self.announcer)
 
 
 async def stage_rule(

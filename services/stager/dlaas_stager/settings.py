@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -69,6 +70,12 @@ class StagerOptions(BaseModel):
     watchdog_after_s: float = Field(
         default=60, ge=0, description="Requests younger than this are not re-checked"
     )
+    default_instance: str = Field(
+        default="default",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
+        description="Name of the instance in DLAAS_RUCIO__* (requests that name none; "
+        "the routing key its hermes publishes with)",
+    )
     batch_window_s: float = Field(
         default=0.05,
         ge=0,
@@ -79,5 +86,18 @@ class StagerOptions(BaseModel):
 class StagerSettings(ServiceSettings):
     """Everything the stager reads from its environment."""
 
-    rucio: RucioSettings = Field(default_factory=RucioSettings)
+    rucio: RucioSettings = Field(
+        default_factory=RucioSettings,
+        description="The default Rucio instance (named by stager.default_instance)",
+    )
     stager: StagerOptions = Field(default_factory=StagerOptions)
+    instances: dict[str, RucioSettings] = Field(
+        default_factory=dict,
+        description="Further Rucio instances by name (the routing key their hermes "
+        "publishes with), as JSON",
+    )
+    instances_file: Path | None = Field(
+        default=None,
+        description="A JSON file of further instances ({name: settings}), read again "
+        "when it changes: an instance is added without restarting the stager",
+    )

@@ -73,6 +73,9 @@ class _Move:
     where: tuple[str, str, str] | None
 
 
+_WaitingRow = sa.Select[str, str, str | None, str, str, str, str | None, str | None, str]
+
+
 def _add_missing_columns(conn: sa.Connection) -> None:
     """Columns added since a store was created (nullable ones: an ALTER TABLE each)."""
     for table in (requests_t, files_t):
@@ -93,7 +96,10 @@ class Store:
     each caller gets its answer once its batch is committed.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, default_instance: str = "default") -> None:
+        # requests recorded before instances existed belong to the default one
+        self.default_instance = default_instance
+        self._instance = sa.func.coalesce(requests_t.c.instance, default_instance)
         is_sqlite = url.startswith("sqlite")
         self.engine: AsyncEngine = create_async_engine(
             url, connect_args={"timeout": BUSY_TIMEOUT_S} if is_sqlite else {}
@@ -134,6 +140,7 @@ class Store:
                         "created_at": time.time(),
                         "kind": req.kind,
                         "node": req.node,
+                        "instance": req.instance or self.default_instance,
                     }
                 ],
             )
@@ -168,9 +175,7 @@ class Store:
         if rows:
             await conn.execute(self._insert(table).on_conflict_do_nothing(), rows)
 
-    def _waiting(
-        self,
-    ) -> sa.Select[str, str, str | None, str, str, str, str | None, str | None]:
+    def _waiting(self) -> _WaitingRow:
         return sa.select(
             files_t.c.request_id,
             requests_t.c.user,
@@ -180,24 +185,28 @@ class Store:
             requests_t.c.kind,
             files_t.c.parent,
             requests_t.c.node,
+            self._instance,
         ).join(requests_t, requests_t.c.request_id == files_t.c.request_id)
 
-    async def waiting_for_file(self, did: str, rse: str) -> list[WaitingFile]:
-        """Requests whose file ``did`` at ``rse`` is not yet staged."""
-        return await self._group.submit(self._waiting_for_files, (did, rse))
+    async def waiting_for_file(
+        self, did: str, rse: str, instance: str | None = None
+    ) -> list[WaitingFile]:
+        """Requests of ``instance`` (the default for None) whose file ``did`` at ``rse`` waits."""
+        key = (did, rse, instance or self.default_instance)
+        return await self._group.submit(self._waiting_for_files, key)
 
     async def _waiting_for_files(
-        self, conn: AsyncConnection, keys: Sequence[tuple[str, str]]
+        self, conn: AsyncConnection, keys: Sequence[tuple[str, str, str]]
     ) -> list[list[WaitingFile]]:
-        """Many look-ups by (did, rse) in one query."""
+        """Many look-ups by (did, rse, instance) in one query."""
         query = self._waiting().where(
-            files_t.c.did.in_(sorted({did for did, _ in keys})),
+            files_t.c.did.in_(sorted({did for did, _, _ in keys})),
             files_t.c.state == PENDING,
         )
-        found: dict[tuple[str, str], list[WaitingFile]] = defaultdict(list)
+        found: dict[tuple[str, str, str | None], list[WaitingFile]] = defaultdict(list)
         for row in (await conn.execute(query)).all():
             file = WaitingFile(*row)
-            found[file.did, file.rse].append(file)
+            found[file.did, file.rse, file.instance].append(file)
         return [found.get(key, []) for key in keys]
 
     async def waiting_for_rule(self, rule_id: str) -> list[WaitingFile]:
@@ -218,7 +227,7 @@ class Store:
 
     async def _fetch_waiting(
         self,
-        query: sa.Select[str, str, str | None, str, str, str, str | None, str | None],
+        query: _WaitingRow,
     ) -> list[WaitingFile]:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
@@ -357,13 +366,21 @@ class Store:
             by_state, ready, req.rse, total,
         )  # fmt: skip
 
-    async def record_reason(self, did: str, rse: str, reason: str) -> None:
+    async def record_reason(
+        self, did: str, rse: str, reason: str, instance: str | None = None
+    ) -> None:
         """Remember why a waiting file's last transfer attempt failed (told if it goes STUCK)."""
+        of_instance = sa.select(requests_t.c.request_id).where(
+            self._instance == (instance or self.default_instance)
+        )
         async with self.engine.begin() as conn:
             await conn.execute(
                 files_t.update()
                 .where(
-                    files_t.c.did == did, files_t.c.rse == rse, files_t.c.state == PENDING
+                    files_t.c.did == did,
+                    files_t.c.rse == rse,
+                    files_t.c.state == PENDING,
+                    files_t.c.request_id.in_(of_instance),
                 )
                 .values(reason=reason)
             )
@@ -404,17 +421,24 @@ class Store:
         async with self.engine.connect() as conn:
             return bool((await conn.execute(query)).scalar_one())
 
-    async def rules_waiting_since(self, before: float) -> list[str]:
-        """Rules of requests made before ``before`` that still owe files (for the watchdog)."""
+    async def rules_waiting_since(self, before: float) -> list[tuple[str, str]]:
+        """Rules (and their instance) of requests made before ``before`` that owe files."""
         query = (
-            sa.select(rules_t.c.rule_id)
+            sa.select(rules_t.c.rule_id, self._instance)
             .distinct()
             .join(requests_t, requests_t.c.request_id == rules_t.c.request_id)
             .join(files_t, files_t.c.request_id == rules_t.c.request_id)
             .where(requests_t.c.created_at < before, files_t.c.state == PENDING)
         )
         async with self.engine.connect() as conn:
-            return [rule_id for (rule_id,) in await conn.execute(query)]
+            return [(rule_id, inst) for rule_id, inst in await conn.execute(query)]
+
+    async def instance_of(self, request_id: str) -> str:
+        """The Rucio instance of a request (the default for an unknown one)."""
+        query = sa.select(self._instance).where(requests_t.c.request_id == request_id)
+        async with self.engine.connect() as conn:
+            found = (await conn.execute(query)).scalar_one_or_none()
+        return found or self.default_instance
 
     async def cancel(self, request_id: str) -> bool:
         """Cancel a request and its files that are not final; whether it was active."""

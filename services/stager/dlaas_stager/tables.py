@@ -24,6 +24,8 @@ requests_t = sa.Table(
     sa.Column("kind", sa.String(16), nullable=False, server_default=STAGE),
     # the notebook's node: its fuse agent shows the files
     sa.Column("node", sa.String(253)),
+    # the Rucio instance (None in stores made before instances: the default one)
+    sa.Column("instance", sa.String(64)),
 )
 files_t = sa.Table(
     "request_files",
@@ -70,6 +72,7 @@ class NewRequest:
     refused: Mapping[str, str]  # DID -> why Rucio refused it
     kind: str = STAGE
     node: str | None = None
+    instance: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class WaitingFile:
     kind: str = STAGE
     parent: str | None = None
     node: str | None = None
+    instance: str | None = None
 
 
 @dataclass(frozen=True)

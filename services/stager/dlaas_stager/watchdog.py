@@ -17,6 +17,7 @@ import structlog
 from dlaas.background import Background
 from dlaas.errors import DlaasError, PermanentError
 from dlaas_stager import domain
+from dlaas_stager.instances import Instances
 from dlaas_stager.ports import Catalog
 from dlaas_stager.rucio_events import stage_rule
 from dlaas_stager.staging import Announcer
@@ -31,7 +32,7 @@ _GIVEN_UP = ("STUCK", "SUSPENDED")
 class Watchdog:
     """Periodic re-check of rules that owe files."""
 
-    catalog: Catalog
+    instances: Instances
     store: Store
     announcer: Announcer
     interval_s: float
@@ -56,20 +57,23 @@ class Watchdog:
 
     async def sweep(self) -> None:
         """One pass over the rules that still owe files."""
-        for rule_id in await self.store.rules_waiting_since(time.time() - self.after_s):
-            with structlog.contextvars.bound_contextvars(rule_id=rule_id):
-                await self._check(rule_id)
+        rules = await self.store.rules_waiting_since(time.time() - self.after_s)
+        for rule_id, instance in rules:
+            with structlog.contextvars.bound_contextvars(
+                rule_id=rule_id, instance=instance
+            ):
+                await self._check(rule_id, self.instances.catalog(instance))
 
-    async def _check(self, rule_id: str) -> None:
+    async def _check(self, rule_id: str, catalog: Catalog) -> None:
         try:
-            rule = await self.catalog.rule_state(rule_id)
+            rule = await catalog.rule_state(rule_id)
         except PermanentError:
             await self._fail_all(rule_id, "the replication rule was removed from Rucio")
             return
         if rule.state == "OK":
-            await stage_rule(rule_id, self.store, self.catalog, self.announcer)
+            await stage_rule(rule_id, self.store, catalog, self.announcer)
         elif rule.state in _GIVEN_UP:
-            stuck = set(await self.catalog.stuck_files(rule_id))
+            stuck = set(await catalog.stuck_files(rule_id))
             for file in await self.store.waiting_for_rule(rule_id):
                 if rule.state == "SUSPENDED" or file.did in stuck:
                     reasons = await self.store.reasons(file.request_id)

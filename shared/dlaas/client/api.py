@@ -35,6 +35,9 @@ class ClientSettings(ServiceSettings):
     )
 
     rse: str | None = Field(default=None, description="Default destination RSE")
+    instance: str | None = Field(
+        default=None, description="Rucio instance of your requests; unset: the default"
+    )
     node: str | None = Field(
         default=None,
         description="The node this notebook runs on (Kubernetes: spec.nodeName through the "
@@ -86,10 +89,12 @@ async def astage(
     on_update: Listener | None = None,
     dry_run: bool = False,
     node: str | None = None,
+    instance: str | None = None,
 ) -> StageResult:
     """Ask for ``dids`` at ``rse``; with ``wait``, return once every file is ready or failed.
 
-    ``node`` (default ``$DLAAS_NODE``) names the node whose fuse agent makes the files visible.
+    ``node`` (default ``$DLAAS_NODE``) names the node whose fuse agent makes the files visible;
+    ``instance`` (default ``$DLAAS_INSTANCE``, else the stager's default) the Rucio instance.
 
     With ``dry_run`` nothing is created: the result's ``plan`` says, per DID, its kind, files,
     bytes and how many are already at ``rse``.
@@ -104,6 +109,7 @@ async def astage(
     event = RuleRequested(
         request_id=uuid4(), user=bus_settings.login, dids=list(dids), rse=rse,
         lifetime_days=lifetime_days, dry_run=dry_run, node=node.lower() if node else None,
+        instance=instance or defaults.instance,
     )  # fmt: skip
     until = ("status",) if dry_run else ()
     return await _ask(event, bus_settings, until=until, timeout=timeout,
@@ -209,6 +215,7 @@ async def apublish(
     wait: bool = True,
     timeout: float | None = None,
     settings: BusSettings | None = None,
+    instance: str | None = None,
 ) -> StageResult:
     """Keep a file this notebook produced, and return once it is safe (with ``wait``).
 
@@ -216,10 +223,12 @@ async def apublish(
     to ``to_rse``.
     """
     size, adler32 = await asyncio.to_thread(checksum, Path(path))
-    bus_settings = settings or ClientSettings().bus
+    defaults = ClientSettings()
+    bus_settings = settings or defaults.bus
     event = PublishRequested(
         request_id=uuid4(), user=bus_settings.login, did=did, rse=rse, pfn=pfn, bytes=size,
         adler32=adler32, to_rse=to_rse, lifetime_days=lifetime_days,
+        instance=instance or defaults.instance,
     )  # fmt: skip
     return await _ask(event, bus_settings, until=(), timeout=timeout, collect=wait)
 

@@ -72,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--wait", action="store_true", help="wait until it is safe")
     for command in (stage, commands.choices["wait"], publish):
         command.add_argument("--timeout", type=float, help="stop waiting after SECONDS")
+    for command in (stage, publish):
+        command.add_argument(
+            "--instance",
+            help="Rucio instance (default: $DLAAS_INSTANCE, else the default)",
+        )
     commands.add_parser("inbox", help="notifications sent while you were away")
     config = commands.add_parser(
         "config", help="the effective configuration, secrets masked"
@@ -117,11 +122,13 @@ async def _stage(
     started = time.monotonic()
     if args.dry_run:
         return await _dry_run(
-            selection.dids, rse, settings, printer.out, as_json=args.json
-        )
+            selection.dids, rse, settings, printer.out, as_json=args.json,
+            instance=args.instance,
+        )  # fmt: skip
     result = await api.astage(selection.dids, rse=rse, lifetime_days=args.lifetime_days,
                               wait=args.wait, timeout=args.timeout, settings=settings.bus,
-                              on_update=printer, node=args.node or settings.node)  # fmt: skip
+                              on_update=printer, node=args.node or settings.node,
+                              instance=args.instance or settings.instance)  # fmt: skip
     printer.close()
     if not args.wait:
         text = (
@@ -141,10 +148,16 @@ async def _stage(
 
 
 async def _dry_run(
-    dids: list[str], rse: str, settings: ClientSettings, out: TextIO, *, as_json: bool
+    dids: list[str],
+    rse: str,
+    settings: ClientSettings,
+    out: TextIO,
+    *,
+    as_json: bool,
+    instance: str | None = None,
 ) -> int:
     result = await api.astage(
-        dids, rse=rse, dry_run=True, timeout=120, settings=settings.bus
+        dids, rse=rse, dry_run=True, timeout=120, settings=settings.bus, instance=instance
     )
     for entry in result.plan:
         print(entry.model_dump_json() if as_json else (
@@ -203,7 +216,8 @@ async def _publish(
     started = time.monotonic()
     result = await api.apublish(args.path, args.did, rse=args.rse, pfn=args.pfn,
                                 to_rse=args.to_rse, wait=args.wait, timeout=args.timeout,
-                                settings=settings.bus)  # fmt: skip
+                                settings=settings.bus,
+                                instance=args.instance or settings.instance)  # fmt: skip
     if not args.wait:
         print(f"request {result.request_id} sent", file=out)
         return EXIT_OK

@@ -69,6 +69,8 @@ class Event(BaseModel):
 
 
 UserName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")]
+# a Rucio instance as operators name it (hermes's routing key: one topic word)
+InstanceName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
 # a Kubernetes node name (RFC 1123 subdomain) or a host name
 NodeName = Annotated[
     str, Field(pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$", max_length=253)

@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dlaas.contracts.base import DidStr, Event, NodeName, RequestEvent
+from dlaas.contracts.base import DidStr, Event, InstanceName, NodeName, RequestEvent
 
 MAX_DIDS_PER_REQUEST = 10_000
 
@@ -31,6 +31,10 @@ class RuleRequested(RequestEvent):
     activity: str | None = Field(default=None, description="Rucio transfer activity")
     dry_run: bool = Field(
         default=False, description="Only report what would be staged; create nothing"
+    )
+    instance: InstanceName | None = Field(
+        default=None,
+        description="Rucio instance the DIDs and the RSE belong to; absent: the default",
     )
     node: NodeName | None = Field(
         default=None,
@@ -59,6 +63,9 @@ class PublishRequested(RequestEvent):
     to_rse: str = Field(description="Long-term RSE (expression) to replicate to")
     lifetime_days: float | None = Field(
         default=None, gt=0, description="Rule lifetime; none: kept until removed"
+    )
+    instance: InstanceName | None = Field(
+        default=None, description="Rucio instance to publish to; absent: the default"
     )
 
 
@@ -189,6 +196,10 @@ class FileStaged(RequestEvent):
     node: NodeName | None = Field(
         default=None,
         description="Node of the notebook that asked (routes file-ready to its fuse agent)",
+    )
+    instance: InstanceName | None = Field(
+        default=None,
+        description="Rucio instance of the RSE (RSE names may repeat across instances)",
     )
 
 
