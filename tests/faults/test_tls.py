@@ -1,19 +1,29 @@
-"""TLS to RabbitMQ by configuration: the right CA connects, a wrong one is refused.
+"""TLS to RabbitMQ and to Rucio by configuration: the right CA connects, a wrong one is refused.
 
 The broker is the fault suite's private node with an ``amqps`` listener whose certificate a CA
-made with ``openssl`` signed (``tests/faults/private_rabbit.py``).
+made with ``openssl`` signed (``tests/faults/private_rabbit.py``); Rucio is a local HTTPS
+server with a certificate of the same CA, called through the stager's real adapter.
 """
 
 from __future__ import annotations
 
+import json
 import ssl
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import aiormq
 import pytest
 
 from dlaas.bus.connection import Bus
+from dlaas.errors import TransientError
 from dlaas.settings import BusSettings
-from tests.faults.private_rabbit import PrivateRabbit
+from dlaas_stager.adapters.rucio import RucioCatalog
+from dlaas_stager.settings import RucioSettings
+from tests.faults.private_rabbit import Certificates, PrivateRabbit, make_certificates
 
 pytestmark = [pytest.mark.faults, pytest.mark.security]
 
@@ -79,3 +89,66 @@ def test_plain_amqp_needs_no_tls_context() -> None:
     assert context is not None
     assert context.verify_mode == ssl.CERT_REQUIRED
     assert context.check_hostname
+
+
+class _FakeRucio(BaseHTTPRequestHandler):
+    """Just enough of Rucio's REST API for a token and one DID, over HTTPS."""
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/auth/userpass"):
+            expires = time.strftime(
+                "%a, %d %b %Y %H:%M:%S UTC", time.gmtime(time.time() + 3600)
+            )
+            self._answer(b"", {"X-Rucio-Auth-Token": "tls-token",
+                               "X-Rucio-Auth-Token-Expires": expires})  # fmt: skip
+        else:
+            self._answer(
+                json.dumps({"type": "FILE", "scope": "s", "name": "f"}).encode(), {}
+            )
+
+    def _answer(self, body: bytes, headers: dict[str, str]) -> None:
+        self.send_response(200)
+        for key, value in {**headers, "Content-Type": "application/json"}.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: object) -> None:
+        """Quiet."""
+
+
+@pytest.fixture
+def https_rucio(tmp_path: Path) -> Iterator[tuple[str, Certificates]]:
+    """A fake Rucio REST server on https://localhost:<port> with a certificate of our CA."""
+    certs = make_certificates(tmp_path / "certs")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeRucio)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certs.server_cert, certs.server_key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://localhost:{server.server_address[1]}", certs
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+async def test_the_stager_reaches_rucio_over_https_trusting_its_ca_cert(
+    https_rucio: tuple[str, Certificates], trusted: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    url, certs = https_rucio
+    settings = RucioSettings.model_validate({
+        "host": url, "username": "ddmlab", "password": "secret",
+        "ca_cert": str(certs.ca if trusted else certs.other_ca),
+    })  # fmt: skip
+    catalog = RucioCatalog(settings)
+    if trusted:
+        assert await catalog.did_kind("s:f") == "FILE"
+    else:
+        with pytest.raises(TransientError, match="Cannot connect"):
+            await catalog.did_kind("s:f")
+        assert "CERTIFICATE_VERIFY_FAILED" in caplog.text  # rucio-clients says why
