@@ -10,9 +10,9 @@ import asyncio
 import os
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -110,17 +110,16 @@ async def test_visible_files_keep_where_and_close_the_request(store: Store) -> N
 async def test_a_failing_batch_fails_every_caller_and_the_next_batch_runs() -> None:
     calls: list[list[int]] = []
 
-    @asynccontextmanager
-    async def context() -> AsyncIterator[None]:
-        yield
+    async def transaction(work: Callable[[None], list[Any]]) -> list[Any]:
+        return work(None)
 
-    async def double(_: None, items: Sequence[int]) -> list[int]:
+    def double(_: None, items: Sequence[int]) -> list[int]:
         calls.append(list(items))
         if 13 in items:
             raise ValueError("unlucky")
         return [2 * i for i in items]
 
-    runner: GroupRunner[None] = GroupRunner(context)
+    runner: GroupRunner[None] = GroupRunner(transaction)
     results = await asyncio.gather(
         *(runner.submit(double, i) for i in range(3)), return_exceptions=True
     )

@@ -55,6 +55,70 @@ def _earliest(at: float) -> sa.ColumnElement[Any]:
     return sa.case((started.is_(None), at), (started > at, at), else_=started)
 
 
+def _count(conn: sa.Connection, firsts: Sequence[tuple[Notification, float]]) -> None:
+    """Counter updates of facts seen for the first time: per-file ones summed."""
+    c = requests_t.c
+    sums: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for note, at in firsts:
+        if note.kind in PER_FILE:
+            counted = sums[str(note.request_id)]
+            counted[note.kind == "file-failed"] += 1
+            counted[2] += 0 if note.kind == "file-failed" else (note.bytes or 0)
+            continue
+        updates = _counters(note, at)
+        if updates:
+            conn.execute(
+                requests_t.update()
+                .where(c.request_id == str(note.request_id))
+                .values(**updates)
+            )
+    for rid, (ready, failed, nbytes) in sums.items():
+        conn.execute(
+            requests_t.update()
+            .where(c.request_id == rid)
+            .values(
+                files_ready=c.files_ready + ready,
+                files_failed=c.files_failed + failed,
+                bytes_ready=c.bytes_ready + nbytes,
+            )
+        )
+
+
+def _facts(keys: Sequence[tuple[str, str]]) -> sa.ColumnElement[bool]:
+    """These facts, found through the primary key (a tuple IN alone scans in SQLite)."""
+    return sa.and_(
+        facts_t.c.request_id.in_(sorted({rid for rid, _ in keys})),
+        facts_t.c.key.in_(sorted({key for _, key in keys})),
+        sa.tuple_(facts_t.c.request_id, facts_t.c.key).in_(sorted(set(keys))),
+    )
+
+
+def _notified(
+    conn: sa.Connection, keys: Sequence[tuple[str, str]]
+) -> set[tuple[str, str]]:
+    """Which of these facts were already told on the notebook channel."""
+    if not keys:
+        return set()
+    rows = conn.execute(
+        sa.select(facts_t.c.request_id, facts_t.c.key).where(
+            _facts(keys), facts_t.c.notified.is_(True)
+        )
+    )
+    return {(rid, key) for rid, key in rows}
+
+
+def _mark_notified(conn: sa.Connection, keys: Sequence[tuple[str, str]]) -> list[None]:
+    conn.execute(facts_t.update().where(_facts(keys)).values(notified=True))
+    return [None] * len(keys)
+
+
+def _states(conn: sa.Connection, request_ids: Sequence[str]) -> dict[str, RequestState]:
+    rows = conn.execute(
+        sa.select(requests_t).where(requests_t.c.request_id.in_(sorted(request_ids)))
+    )
+    return {row.request_id: _request_state(row) for row in rows}
+
+
 def _request_state(row: sa.Row[Any]) -> RequestState:
     return RequestState(
         request_id=UUID(row.request_id),
@@ -85,7 +149,7 @@ class Store:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._insert = db.insert
-        self._group: GroupRunner[AsyncConnection] = GroupRunner(db.begin)
+        self._group: GroupRunner[sa.Connection] = GroupRunner(db.run)
 
     async def _ensure(self, conn: AsyncConnection, request_id: UUID, user: str) -> None:
         row = {"request_id": str(request_id), "user": user}
@@ -95,12 +159,12 @@ class Store:
         """Record the fact ``note`` reports (at event time ``at``) once; the request after."""
         return await self._group.submit(self._record_many, (note, at))
 
-    async def _record_many(
-        self, conn: AsyncConnection, items: Sequence[tuple[Notification, float]]
+    def _record_many(
+        self, conn: sa.Connection, items: Sequence[tuple[Notification, float]]
     ) -> list[Recorded]:
         """Many facts in one transaction: a few statements, whatever their number."""
         users = {str(note.request_id): note.user for note, _ in items}
-        await conn.execute(
+        conn.execute(
             self._insert(requests_t).on_conflict_do_nothing(),
             [{"request_id": rid, "user": user} for rid, user in users.items()],
         )
@@ -108,7 +172,7 @@ class Store:
             (str(note.request_id), fact_key(note)): (note, at)
             for note, at in reversed(items)
         }  # the first of repeats wins
-        inserted = await conn.execute(
+        inserted = conn.execute(
             self._insert(facts_t)
             .values([
                 {"request_id": rid, "key": key, "at": at, "detail": note.reason}
@@ -118,9 +182,9 @@ class Store:
             .returning(facts_t.c.request_id, facts_t.c.key)
         )  # fmt: skip
         new = {(rid, key) for rid, key in inserted.all()}
-        await self._count(conn, [facts[k] for k in new])
-        notified = await self._notified(conn, [k for k in facts if k not in new])
-        states = await self._states(conn, list(users))
+        _count(conn, [facts[k] for k in new])
+        notified = _notified(conn, [k for k in facts if k not in new])
+        states = _states(conn, list(users))
         answers = []
         for note, _ in items:
             key = (str(note.request_id), fact_key(note))
@@ -128,64 +192,10 @@ class Store:
             new.discard(key)  # a repeat within the batch is not first
         return answers
 
-    async def _count(
-        self, conn: AsyncConnection, firsts: Sequence[tuple[Notification, float]]
-    ) -> None:
-        """Counter updates of facts seen for the first time: per-file ones summed."""
-        c = requests_t.c
-        sums: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
-        for note, at in firsts:
-            if note.kind in PER_FILE:
-                counted = sums[str(note.request_id)]
-                counted[note.kind == "file-failed"] += 1
-                counted[2] += 0 if note.kind == "file-failed" else (note.bytes or 0)
-                continue
-            updates = _counters(note, at)
-            if updates:
-                await conn.execute(
-                    requests_t.update()
-                    .where(c.request_id == str(note.request_id))
-                    .values(**updates)
-                )
-        for rid, (ready, failed, nbytes) in sums.items():
-            await conn.execute(
-                requests_t.update()
-                .where(c.request_id == rid)
-                .values(
-                    files_ready=c.files_ready + ready,
-                    files_failed=c.files_failed + failed,
-                    bytes_ready=c.bytes_ready + nbytes,
-                )
-            )
-
-    async def _notified(
-        self, conn: AsyncConnection, keys: Sequence[tuple[str, str]]
-    ) -> set[tuple[str, str]]:
-        """Which of these facts were already told on the notebook channel."""
-        if not keys:
-            return set()
-        rows = await conn.execute(
-            sa.select(facts_t.c.request_id, facts_t.c.key).where(
-                sa.tuple_(facts_t.c.request_id, facts_t.c.key).in_(sorted(keys)),
-                facts_t.c.notified.is_(True),
-            )
-        )
-        return {(rid, key) for rid, key in rows}
-
     async def mark_notified(self, note: Notification) -> None:
         """The notebook channel has told ``note``'s fact."""
         key = (str(note.request_id), fact_key(note))
-        await self._group.submit(self._mark_many, key)
-
-    async def _mark_many(
-        self, conn: AsyncConnection, keys: Sequence[tuple[str, str]]
-    ) -> list[None]:
-        await conn.execute(
-            facts_t.update()
-            .where(sa.tuple_(facts_t.c.request_id, facts_t.c.key).in_(sorted(set(keys))))
-            .values(notified=True)
-        )
-        return [None] * len(keys)
+        await self._group.submit(_mark_notified, key)
 
     async def choose_channels(
         self,
@@ -228,21 +238,11 @@ class Store:
             )
         return bool(result.rowcount)
 
-    async def _states(
-        self, conn: AsyncConnection, request_ids: Sequence[str]
-    ) -> dict[str, RequestState]:
-        rows = await conn.execute(
-            sa.select(requests_t).where(requests_t.c.request_id.in_(sorted(request_ids)))
-        )
-        return {row.request_id: _request_state(row) for row in rows}
-
-    async def _state(self, conn: AsyncConnection, request_id: str) -> RequestState:
-        return (await self._states(conn, [request_id]))[request_id]
-
     async def state(self, request_id: UUID) -> RequestState:
         """The request as known now."""
+        rid = str(request_id)
         async with self.db.connect() as conn:
-            return await self._state(conn, str(request_id))
+            return (await conn.run_sync(_states, [rid]))[rid]
 
     async def files(self, request_id: UUID, kind: str, limit: int) -> list[FileTime]:
         """The latest (so slowest: all started together) files of ``kind``, slowest first."""

@@ -1,9 +1,11 @@
 """Answer many concurrent replica questions with one Rucio call.
 
 Hermes delivers transfer-done in bursts, one message per file; the consumer runs up to
-``prefetch`` handlers at once. Each asks "is this file AVAILABLE at this RSE?"; the batcher
-collects the questions for ``window_s`` (or until ``max_size``) and asks Rucio once per RSE,
-so a burst costs one ``list_replicas`` call instead of one per file.
+``prefetch`` handlers at once. Each asks "is this file AVAILABLE at this RSE?". When Rucio
+is not being asked about that RSE, the questions of this loop turn go at once, in one call;
+while a call is in flight the next questions gather and go together when it returns (or
+after ``window_s``, or at ``max_size``). A burst costs a call or two instead of one per
+file, and a lone transfer-done waits for nobody.
 """
 
 from __future__ import annotations
@@ -21,26 +23,29 @@ class ReplicaBatcher:
         self, catalog: Catalog, *, window_s: float = 0.05, max_size: int = 500
     ) -> None:
         self.catalog = catalog
-        self.window_s = window_s
+        self.window_s = window_s  # the longest a question waits behind a call in flight
         self.max_size = max_size
         self._pending: dict[str, dict[str, list[asyncio.Future[Replica | None]]]] = (
             defaultdict(dict)
         )
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._timers: dict[str, asyncio.TimerHandle | asyncio.Handle] = {}
+        self._asking: dict[str, int] = defaultdict(int)  # calls in flight per RSE
         self._tasks: set[asyncio.Task[None]] = set()  # strong references until done
 
     async def replica(self, did: str, rse: str) -> Replica | None:
         """The file's replica at ``rse`` (None when Rucio lists none)."""
-        future: asyncio.Future[Replica | None] = (
-            asyncio.get_running_loop().create_future()
-        )
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Replica | None] = loop.create_future()
         waiting = self._pending[rse]
         waiting.setdefault(did, []).append(future)
         if len(waiting) >= self.max_size:
             self._flush(rse)
         elif rse not in self._timers:
-            loop = asyncio.get_running_loop()
-            self._timers[rse] = loop.call_later(self.window_s, self._flush, rse)
+            self._timers[rse] = (
+                loop.call_later(self.window_s, self._flush, rse)
+                if self._asking[rse]
+                else loop.call_soon(self._flush, rse)  # after the others of this turn
+            )
         return await future
 
     def _flush(self, rse: str) -> None:
@@ -49,6 +54,7 @@ class ReplicaBatcher:
             timer.cancel()
         waiting = self._pending.pop(rse, {})
         if waiting:
+            self._asking[rse] += 1
             task = asyncio.get_running_loop().create_task(self._ask(rse, waiting))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -64,6 +70,10 @@ class ReplicaBatcher:
                     if not future.done():
                         future.set_exception(exc)
             return
+        finally:
+            self._asking[rse] -= 1
+            if self._pending.get(rse):  # gathered while this call was in flight: go now
+                self._flush(rse)
         for did, futures in waiting.items():
             for future in futures:
                 if not future.done():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -38,6 +38,9 @@ class Announcer:
 
     bus: Bus
     store: Store
+    # requests whose completion a handler is deciding now: the others need not (one would
+    # do, and a batch of a request's last files would otherwise all sum it up)
+    _completing: set[str] = field(default_factory=set, init=False, compare=False)
 
     async def stage(
         self, waiting: Iterable[WaitingFile], replicas: Mapping[str, Replica]
@@ -115,8 +118,15 @@ class Announcer:
 
     async def check_complete(self, request_id: str) -> None:
         """Publish ``request-completed`` once every file is visible or failed."""
-        if await self.store.is_open(request_id):
+        if await self.store.is_open(request_id) or request_id in self._completing:
             return  # the common case, answered for many handlers by one query
+        self._completing.add(request_id)
+        try:
+            await self._complete(request_id)
+        finally:
+            self._completing.discard(request_id)
+
+    async def _complete(self, request_id: str) -> None:
         summary = await self.store.summary(request_id)
         if summary is None or not summary.done or summary.state != "accepted":
             return

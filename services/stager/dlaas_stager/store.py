@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from dlaas.grouping import GroupRunner
+from dlaas_stager.local_sqlite import (
+    BUSY_TIMEOUT_S,
+    LoopSqlite,
+    is_file,
+    sqlite_pragmas,
+)
 from dlaas_stager.tables import (
     CANCELLED,
     FAILED,
@@ -36,6 +42,8 @@ from dlaas_stager.tables import (
     rules_t,
 )
 
+T = TypeVar("T")
+
 __all__ = [
     "CANCELLED",
     "FAILED",
@@ -49,17 +57,6 @@ __all__ = [
     "Summary",
     "WaitingFile",
 ]
-
-
-BUSY_TIMEOUT_S = 60  # SQLite: a writer waits this long for another's lock, then fails
-
-
-def _sqlite_pragmas(connection: Any, _: object) -> None:  # noqa: ANN401  (DB-API connection)
-    """WAL: readers never block the writer; NORMAL sync is safe with WAL."""
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
 
 
 @dataclass(frozen=True)
@@ -88,6 +85,30 @@ def _add_missing_columns(conn: sa.Connection) -> None:
                 )
 
 
+def _set_where(conn: sa.Connection, moves: Sequence[_Move]) -> None:
+    if not moves:
+        return
+    c = files_t.c
+    statement = (
+        files_t.update()
+        .where(
+            c.request_id == sa.bindparam("b_request_id"),
+            c.did == sa.bindparam("b_did"),
+        )
+        .values(
+            path=sa.bindparam("b_path"),
+            pfn=sa.bindparam("b_pfn"),
+            cache_url=sa.bindparam("b_cache_url"),
+        )
+    )
+    rows = [
+        {"b_request_id": m.request_id, "b_did": m.did, "b_path": m.where[0],
+         "b_pfn": m.where[1], "b_cache_url": m.where[2]}
+        for m in moves if m.where
+    ]  # fmt: skip
+    conn.execute(statement, rows)
+
+
 class Store:
     """SQL store over SQLAlchemy's async engine (aiosqlite or asyncpg).
 
@@ -105,11 +126,19 @@ class Store:
             url, connect_args={"timeout": BUSY_TIMEOUT_S} if is_sqlite else {}
         )
         if is_sqlite:
-            sa.event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            sa.event.listen(self.engine.sync_engine, "connect", sqlite_pragmas)
         self._insert = (
             postgresql.insert if url.startswith("postgresql") else sqlite.insert
         )
-        self._group: GroupRunner[AsyncConnection] = GroupRunner(self.engine.begin)
+        self._local = LoopSqlite(url) if is_file(url) else None
+        self._group: GroupRunner[sa.Connection] = GroupRunner(self._transaction)
+
+    async def _transaction(self, work: Callable[[sa.Connection], T]) -> T:
+        """Run a batch's work in one transaction, committed when it returns."""
+        if self._local is not None:
+            return await self._local.run(work)
+        async with self.engine.begin() as conn:
+            return await conn.run_sync(work)
 
     async def init(self) -> None:
         """Create the tables (and indexes added since) if missing."""
@@ -121,6 +150,8 @@ class Store:
 
     async def close(self) -> None:
         """Release connections."""
+        if self._local is not None:
+            self._local.close()
         await self.engine.dispose()
 
     async def save_request(self, req: NewRequest) -> None:
@@ -195,8 +226,8 @@ class Store:
         key = (did, rse, instance or self.default_instance)
         return await self._group.submit(self._waiting_for_files, key)
 
-    async def _waiting_for_files(
-        self, conn: AsyncConnection, keys: Sequence[tuple[str, str, str]]
+    def _waiting_for_files(
+        self, conn: sa.Connection, keys: Sequence[tuple[str, str, str]]
     ) -> list[list[WaitingFile]]:
         """Many look-ups by (did, rse, instance) in one query."""
         query = self._waiting().where(
@@ -204,7 +235,7 @@ class Store:
             files_t.c.state == PENDING,
         )
         found: dict[tuple[str, str, str | None], list[WaitingFile]] = defaultdict(list)
-        for row in (await conn.execute(query)).all():
+        for row in conn.execute(query).all():
             file = WaitingFile(*row)
             found[file.did, file.rse, file.instance].append(file)
         return [found.get(key, []) for key in keys]
@@ -246,9 +277,7 @@ class Store:
         move = _Move(request_id, did, state, reason, where)
         return await self._group.submit(self._move_files, move)
 
-    async def _move_files(
-        self, conn: AsyncConnection, moves: Sequence[_Move]
-    ) -> list[bool]:
+    def _move_files(self, conn: sa.Connection, moves: Sequence[_Move]) -> list[bool]:
         """Many moves: one UPDATE ... RETURNING per target state, in the caller's order."""
         c = files_t.c
         groups: dict[tuple[str, str | None], list[_Move]] = defaultdict(list)
@@ -257,9 +286,10 @@ class Store:
         moved: set[tuple[str, str | None, str, str]] = set()
         for (state, reason), group in groups.items():
             keys = sorted({(m.request_id, m.did) for m in group})
-            result = await conn.execute(
+            result = conn.execute(
                 files_t.update()
                 .where(
+                    c.did.in_(sorted({did for _, did in keys})),  # indexed: no scan
                     sa.tuple_(c.request_id, c.did).in_(keys),
                     c.state.not_in(FINAL),
                     c.state != state,
@@ -268,7 +298,7 @@ class Store:
                 .returning(c.request_id, c.did)
             )
             moved |= {(state, reason, rid, did) for rid, did in result.all()}
-        await self._set_where(
+        _set_where(
             conn,
             [
                 m
@@ -283,29 +313,6 @@ class Store:
             moved.discard(key)
         return answers
 
-    async def _set_where(self, conn: AsyncConnection, moves: Sequence[_Move]) -> None:
-        if not moves:
-            return
-        c = files_t.c
-        statement = (
-            files_t.update()
-            .where(
-                c.request_id == sa.bindparam("b_request_id"),
-                c.did == sa.bindparam("b_did"),
-            )
-            .values(
-                path=sa.bindparam("b_path"),
-                pfn=sa.bindparam("b_pfn"),
-                cache_url=sa.bindparam("b_cache_url"),
-            )
-        )
-        rows = [
-            {"b_request_id": m.request_id, "b_did": m.did, "b_path": m.where[0],
-             "b_pfn": m.where[1], "b_cache_url": m.where[2]}
-            for m in moves if m.where
-        ]  # fmt: skip
-        await conn.execute(statement, rows)
-
     async def open_requests(self, request_ids: Sequence[str]) -> set[str]:
         """Which of these requests still have files to stage or show (one query)."""
         return await self._group.submit(self._still_open, tuple(request_ids))
@@ -314,8 +321,8 @@ class Store:
         """Whether a request still has files to stage or show (batched with others)."""
         return request_id in await self.open_requests([request_id])
 
-    async def _still_open(
-        self, conn: AsyncConnection, asks: Sequence[tuple[str, ...]]
+    def _still_open(
+        self, conn: sa.Connection, asks: Sequence[tuple[str, ...]]
     ) -> list[set[str]]:
         ids = sorted({rid for ask in asks for rid in ask})
         query = (
@@ -323,7 +330,7 @@ class Store:
             .where(files_t.c.request_id.in_(ids), files_t.c.state.in_(OPEN))
             .group_by(files_t.c.request_id)
         )
-        open_ids = {rid for (rid,) in await conn.execute(query)}
+        open_ids = {rid for (rid,) in conn.execute(query)}
         return [open_ids & set(ask) for ask in asks]
 
     async def unclaim(self, request_id: str, did: str, claimed: str) -> None:
