@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -84,18 +86,21 @@ class RucioCatalog:
     def __init__(self, settings: RucioSettings) -> None:
         self.settings = settings
         self._client: Any = None
-        self._folder = Path(tempfile.mkdtemp(prefix="dlaas-rucio-"))
         self.calls = 0
         self.calls_by: Counter[str] = Counter()  # for benchmarks: Rucio calls per file
         # files per DID seen by list_files, so add_rules knows a request's size (bounded)
         self._sizes: OrderedDict[str, int] = OrderedDict()
 
     def _make_client(self) -> Any:
-        config = _private_config(self.settings, self._folder)
-        os.environ.setdefault("RUCIO_CONFIG", str(config))
+        folder = Path(tempfile.mkdtemp(prefix="dlaas-rucio-"))
+        # gone with the catalog (or at exit); rucio reads its config file once per process
+        weakref.finalize(self, shutil.rmtree, folder, ignore_errors=True)
+        config = _private_config(self.settings, folder)
+        if not Path(os.environ.get("RUCIO_CONFIG") or folder / "none").is_file():
+            os.environ["RUCIO_CONFIG"] = str(config)
         from rucio.client import Client  # noqa: PLC0415  (reads RUCIO_CONFIG at import)
 
-        token_dir = self._folder / "token"
+        token_dir = folder / "token"
 
         class _OwnToken(Client):  # type: ignore[misc]  # rucio-clients ships no types
             """This catalog's token in its own folder.
