@@ -19,7 +19,9 @@ def _check_did(value: str) -> str:
     # fullmatch: "$" of match() also accepts a trailing newline ("scope:name\n")
     if not sep or not _SCOPE.fullmatch(scope) or not _NAME.fullmatch(name):
         raise ValueError(f"not a valid DID 'scope:name': {value[:80]!r}")
-    if name.startswith("/") or ".." in name.split("/") or name in {".", ".."}:
+    # as a path below <views>/<user>/<scope>/ it must name a file there: no "/x", "..",
+    # nor "." or empty parts ("./", "a//b", "a/") that name the folder or a directory
+    if name.startswith("/") or {"", ".", ".."} & set(name.split("/")):
         raise ValueError(f"DID name would escape a directory: {value[:80]!r}")
     return value
 
