@@ -298,7 +298,7 @@ class Inbox:
                 break
 
     async def settle(
-        self, timeout: float, quiet_s: float = 3.0, stall_s: float = 30.0
+        self, timeout: float, quiet_s: float = 3.0, stall_s: float = 15.0
     ) -> None:
         """Until every file and completion was told and nothing came for ``quiet_s``; or
         nothing came for ``stall_s`` (what is missing then is lost: counted, not awaited)."""

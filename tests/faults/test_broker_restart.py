@@ -18,7 +18,7 @@ from tests.faults.private_rabbit import PrivateRabbit
 
 pytestmark = [pytest.mark.faults]
 
-FILES = 300
+FILES = 200
 
 
 async def test_a_broker_restarted_mid_burst_loses_nothing(

@@ -26,7 +26,7 @@ from tests.faults.pipeline import (
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker]
 
-FILES = 300
+FILES = 200
 GRACE_S = 10.0
 
 

@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import aiormq
 import pytest
@@ -118,11 +117,18 @@ class _FakeRucio(BaseHTTPRequestHandler):
         """Quiet."""
 
 
-@pytest.fixture
-def https_rucio(tmp_path: Path) -> Iterator[tuple[str, Certificates]]:
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # a client's kept-alive connection must not hold the teardown
+    block_on_close = False
+
+
+@pytest.fixture(scope="module")
+def https_rucio(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[str, Certificates]]:
     """A fake Rucio REST server on https://localhost:<port> with a certificate of our CA."""
-    certs = make_certificates(tmp_path / "certs")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeRucio)
+    certs = make_certificates(tmp_path_factory.mktemp("https-rucio"))
+    server = _Server(("127.0.0.1", 0), _FakeRucio)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(certs.server_cert, certs.server_key)
     server.socket = context.wrap_socket(server.socket, server_side=True)
