@@ -71,6 +71,7 @@ class Replicas:
     replicas: int = 2
     grace_s: float = 10.0
     extra_env: dict[str, str] = field(default_factory=dict)
+    services: tuple[str, ...] = SERVICES
     children: dict[str, _proc.Child] = field(default_factory=dict)
 
     @property
@@ -115,7 +116,7 @@ class Replicas:
 
     def start(self) -> None:
         """Start every replica and wait until each consumes."""
-        for service in SERVICES:
+        for service in self.services:
             for name in self.names(service):
                 self.children[name] = self._spawn(name)
         for child in self.children.values():

@@ -64,3 +64,39 @@ async def test_a_broker_restarted_mid_burst_loses_nothing(
     for name, text in logs.items():
         assert "bus_reconnected" in text, name
     await judge(replicas, burst, told)
+
+
+async def test_services_stop_cleanly_on_sigterm_while_the_broker_is_down(
+    private_rabbit: PrivateRabbit, tmp_path: Path, fault_report: Record
+) -> None:
+    replicas = Replicas(
+        private_rabbit.url(),
+        tmp_path,
+        stager_db=f"sqlite+aiosqlite:///{tmp_path / 'stager.db'}",
+        notifier_db=f"sqlite+aiosqlite:///{tmp_path / 'notifier.db'}",
+        replicas=1,
+        extra_env={"DLAAS_BUS__RECONNECT_INTERVAL_S": "1"},
+        services=("stager", "notifier"),
+    )
+    await replicas.prepare()
+    await asyncio.to_thread(replicas.start)
+    exits: dict[str, tuple[int | None, float]] = {}
+    try:
+        await asyncio.to_thread(private_rabbit.stop)
+        for name in replicas.children:
+            exits[name] = await asyncio.to_thread(replicas.terminate, name, 20)
+    finally:
+        await asyncio.to_thread(replicas.stop)
+        await asyncio.to_thread(private_rabbit.start)
+    slowest = max(took for _, took in exits.values())
+    fault_report(
+        FaultFigure(
+            fault="SIGTERM while RabbitMQ is down (stager, notifier)",
+            sent=0,
+            lost=0,
+            duplicates=0,
+            note=f"exit codes {sorted({code for code, _ in exits.values()}, key=str)}, "
+            f"slowest {slowest:.1f} s (grace 10 s)",
+        )
+    )
+    assert all(code == 0 for code, _ in exits.values()), exits

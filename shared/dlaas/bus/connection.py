@@ -217,8 +217,12 @@ class Bus:
 
     @property
     def connected(self) -> bool:
-        """Whether the connection is open now."""
-        return self._connection is not None and not self._connection.is_closed
+        """Whether the connection is open now (not closed, not lost and reconnecting)."""
+        return (
+            self._connection is not None
+            and not self._connection.is_closed
+            and not self._down
+        )
 
     async def publish(
         self,
@@ -279,7 +283,8 @@ class Bus:
     async def close(self) -> None:
         """Close the connection, then what was registered with :meth:`on_close` (idempotent)."""
         if self._connection is not None and not self._connection.is_closed:
-            await self.acks.drain()
+            if not self._down:  # with the broker away, unacked messages are back already
+                await self.acks.drain()
             await self._connection.close()
         while self._on_close:
             await self._on_close.pop()()

@@ -17,6 +17,7 @@ from dlaas.settings import ServiceSettings
 log = structlog.get_logger(__name__)
 
 Build = Callable[[Bus], Awaitable[Sequence[Consumer]]]
+STOP_MARGIN_S = 2.0  # beyond the grace period: cancelling and acking take a round trip
 
 
 async def serve(name: str, settings: ServiceSettings, build: Build) -> None:
@@ -37,9 +38,27 @@ async def serve(name: str, settings: ServiceSettings, build: Build) -> None:
         log.info("service_stopping", service=name)
         if health is not None:
             await health.stop()
-        await asyncio.gather(*(consumer.stop(settings.grace_s) for consumer in consumers))
+        await _stop_consuming(bus, consumers, settings.grace_s)
         await bus.close()
         log.info("service_stopped", service=name)
+
+
+async def _stop_consuming(
+    bus: Bus, consumers: Sequence[Consumer], grace_s: float
+) -> None:
+    """Cancel the consumers and let messages in hand finish, within the grace period.
+
+    With the broker away there is nothing to cancel and nothing to ack: it has put back every
+    unacked message already, and waiting for it would outlast the pod's grace period.
+    """
+    if not bus.connected:
+        log.warning("stopping_without_broker")
+        return
+    stopping = asyncio.gather(*(consumer.stop(grace_s) for consumer in consumers))
+    try:
+        await asyncio.wait_for(stopping, grace_s + STOP_MARGIN_S)
+    except TimeoutError:  # the connection went away while stopping
+        log.warning("stop_incomplete", grace_s=grace_s)
 
 
 async def _health(settings: ServiceSettings, bus: Bus) -> HealthServer | None:
