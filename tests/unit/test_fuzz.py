@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import posixpath
 import types
 from collections.abc import Mapping
@@ -35,13 +36,16 @@ from dlaas.contracts.hermes import HERMES_OTHER_TYPES, HERMES_PAYLOADS, HermesEn
 from dlaas.settings import BusSettings
 
 M = TypeVar("M", bound=BaseModel)
+# a deeper search: DLAAS_FUZZ_EXAMPLES=5000 python -m pytest tests/unit/test_fuzz.py
+EXAMPLES = int(os.environ.get("DLAAS_FUZZ_EXAMPLES", "100"))
 FUZZ = settings(
-    max_examples=100,
+    max_examples=EXAMPLES,
     deadline=None,  # two shared cores: timing says nothing here
     database=None,  # no .hypothesis folder left in the checkout
+    derandomize=bool(os.environ.get("CI")),  # CI repeats the same examples: never flaky
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-PER_MODEL = settings(FUZZ, max_examples=25)
+PER_MODEL = settings(FUZZ, max_examples=max(1, EXAMPLES // 6))
 EVENTS = sorted(EVENT_TYPES.values(), key=lambda m: m.event_type)
 HERMES = sorted(set(HERMES_PAYLOADS.values()), key=lambda m: m.__name__)
 MODELS: list[type[BaseModel]] = [
@@ -396,7 +400,7 @@ def test_dids_with_trailing_newlines_or_empty_parts_are_refused(did: str) -> Non
         Did.parse(did)
 
 
-@settings(max_examples=300, deadline=None, database=None)
+@settings(FUZZ, max_examples=3 * EXAMPLES)
 @given(
     st.text(alphabet=st.sampled_from("ab./:\\\x00\n -~"), max_size=12)
     | st.text(max_size=12)
