@@ -72,25 +72,46 @@ def _count(conn: sa.Connection, firsts: Sequence[tuple[Notification, float]]) ->
                 .where(c.request_id == str(note.request_id))
                 .values(**updates)
             )
-    for rid, (ready, failed, nbytes) in sums.items():
+    if sums:
         conn.execute(
-            requests_t.update()
-            .where(c.request_id == rid)
-            .values(
-                files_ready=c.files_ready + ready,
-                files_failed=c.files_failed + failed,
-                bytes_ready=c.bytes_ready + nbytes,
-            )
+            _ADD,
+            [
+                {"rid": rid, "ready": ready, "failed": failed, "nbytes": nbytes}
+                for rid, (ready, failed, nbytes) in sums.items()
+            ],
         )
 
 
-def _facts(keys: Sequence[tuple[str, str]]) -> sa.ColumnElement[bool]:
-    """These facts, found through the primary key (a tuple IN alone scans in SQLite)."""
-    return sa.and_(
-        facts_t.c.request_id.in_(sorted({rid for rid, _ in keys})),
-        facts_t.c.key.in_(sorted({key for _, key in keys})),
-        sa.tuple_(facts_t.c.request_id, facts_t.c.key).in_(sorted(set(keys))),
+# the hot path's statements, built once: SQLAlchemy then only binds values
+_rc, _fc = requests_t.c, facts_t.c
+_ADD = (
+    requests_t.update()
+    .where(_rc.request_id == sa.bindparam("rid"))
+    .values(
+        files_ready=_rc.files_ready + sa.bindparam("ready"),
+        files_failed=_rc.files_failed + sa.bindparam("failed"),
+        bytes_ready=_rc.bytes_ready + sa.bindparam("nbytes"),
     )
+)
+# facts found through the primary key (a tuple IN alone scans the table in SQLite)
+_FACTS = sa.and_(
+    _fc.request_id.in_(sa.bindparam("rids", expanding=True)),
+    _fc.key.in_(sa.bindparam("keys", expanding=True)),
+    sa.tuple_(_fc.request_id, _fc.key).in_(sa.bindparam("pairs", expanding=True)),
+)
+_NOTIFIED = sa.select(_fc.request_id, _fc.key).where(_FACTS, _fc.notified.is_(True))
+_MARK = facts_t.update().where(_FACTS).values(notified=True)
+_STATES = sa.select(requests_t).where(
+    _rc.request_id.in_(sa.bindparam("rids", expanding=True))
+)
+
+
+def _facts(keys: Sequence[tuple[str, str]]) -> dict[str, list[Any]]:
+    return {
+        "rids": sorted({rid for rid, _ in keys}),
+        "keys": sorted({key for _, key in keys}),
+        "pairs": sorted(set(keys)),
+    }
 
 
 def _notified(
@@ -99,23 +120,16 @@ def _notified(
     """Which of these facts were already told on the notebook channel."""
     if not keys:
         return set()
-    rows = conn.execute(
-        sa.select(facts_t.c.request_id, facts_t.c.key).where(
-            _facts(keys), facts_t.c.notified.is_(True)
-        )
-    )
-    return {(rid, key) for rid, key in rows}
+    return {(rid, key) for rid, key in conn.execute(_NOTIFIED, _facts(keys))}
 
 
 def _mark_notified(conn: sa.Connection, keys: Sequence[tuple[str, str]]) -> list[None]:
-    conn.execute(facts_t.update().where(_facts(keys)).values(notified=True))
+    conn.execute(_MARK, _facts(keys))
     return [None] * len(keys)
 
 
 def _states(conn: sa.Connection, request_ids: Sequence[str]) -> dict[str, RequestState]:
-    rows = conn.execute(
-        sa.select(requests_t).where(requests_t.c.request_id.in_(sorted(request_ids)))
-    )
+    rows = conn.execute(_STATES, {"rids": sorted(request_ids)})
     return {row.request_id: _request_state(row) for row in rows}
 
 
@@ -149,6 +163,13 @@ class Store:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._insert = db.insert
+        self._ensure_many = db.insert(requests_t).on_conflict_do_nothing()
+        # many rows with RETURNING: SQLAlchemy's "insertmanyvalues", one statement
+        self._add_facts = (
+            db.insert(facts_t)
+            .on_conflict_do_nothing()
+            .returning(facts_t.c.request_id, facts_t.c.key)
+        )
         self._group: GroupRunner[sa.Connection] = GroupRunner(db.run)
 
     async def _ensure(self, conn: AsyncConnection, request_id: UUID, user: str) -> None:
@@ -165,7 +186,7 @@ class Store:
         """Many facts in one transaction: a few statements, whatever their number."""
         users = {str(note.request_id): note.user for note, _ in items}
         conn.execute(
-            self._insert(requests_t).on_conflict_do_nothing(),
+            self._ensure_many,
             [{"request_id": rid, "user": user} for rid, user in users.items()],
         )
         facts = {
@@ -173,14 +194,12 @@ class Store:
             for note, at in reversed(items)
         }  # the first of repeats wins
         inserted = conn.execute(
-            self._insert(facts_t)
-            .values([
+            self._add_facts,
+            [
                 {"request_id": rid, "key": key, "at": at, "detail": note.reason}
                 for (rid, key), (note, at) in facts.items()
-            ])
-            .on_conflict_do_nothing()
-            .returning(facts_t.c.request_id, facts_t.c.key)
-        )  # fmt: skip
+            ],
+        )
         new = {(rid, key) for rid, key in inserted.all()}
         _count(conn, [facts[k] for k in new])
         notified = _notified(conn, [k for k in facts if k not in new])

@@ -85,28 +85,43 @@ def _add_missing_columns(conn: sa.Connection) -> None:
                 )
 
 
-def _set_where(conn: sa.Connection, moves: Sequence[_Move]) -> None:
-    if not moves:
-        return
-    c = files_t.c
-    statement = (
-        files_t.update()
-        .where(
-            c.request_id == sa.bindparam("b_request_id"),
-            c.did == sa.bindparam("b_did"),
-        )
-        .values(
-            path=sa.bindparam("b_path"),
-            pfn=sa.bindparam("b_pfn"),
-            cache_url=sa.bindparam("b_cache_url"),
-        )
+_c = files_t.c
+# a file's move: found through the DID index (a tuple IN alone scans the table in SQLite)
+_MOVE = (
+    files_t.update()
+    .where(
+        _c.did.in_(sa.bindparam("dids", expanding=True)),
+        sa.tuple_(_c.request_id, _c.did).in_(sa.bindparam("keys", expanding=True)),
+        _c.state.not_in(FINAL),
+        _c.state != sa.bindparam("to_state"),
     )
+    .values(state=sa.bindparam("to_state"), reason=sa.bindparam("to_reason"))
+    .returning(_c.request_id, _c.did)
+)
+_SET_WHERE = (
+    files_t.update()
+    .where(_c.request_id == sa.bindparam("b_request_id"), _c.did == sa.bindparam("b_did"))
+    .values(
+        path=sa.bindparam("b_path"),
+        pfn=sa.bindparam("b_pfn"),
+        cache_url=sa.bindparam("b_cache_url"),
+    )
+)
+_OPEN = (
+    sa.select(_c.request_id)
+    .where(_c.request_id.in_(sa.bindparam("ids", expanding=True)), _c.state.in_(OPEN))
+    .group_by(_c.request_id)
+)
+
+
+def _set_where(conn: sa.Connection, moves: Sequence[_Move]) -> None:
     rows = [
         {"b_request_id": m.request_id, "b_did": m.did, "b_path": m.where[0],
          "b_pfn": m.where[1], "b_cache_url": m.where[2]}
         for m in moves if m.where
     ]  # fmt: skip
-    conn.execute(statement, rows)
+    if rows:
+        conn.execute(_SET_WHERE, rows)
 
 
 class Store:
@@ -132,6 +147,11 @@ class Store:
         )
         self._local = LoopSqlite(url) if is_file(url) else None
         self._group: GroupRunner[sa.Connection] = GroupRunner(self._transaction)
+        # the hot path's statements, built once: SQLAlchemy then only binds values
+        self._waiting_by_did = self._waiting().where(
+            files_t.c.did.in_(sa.bindparam("dids", expanding=True)),
+            files_t.c.state == PENDING,
+        )
 
     async def _transaction(self, work: Callable[[sa.Connection], T]) -> T:
         """Run a batch's work in one transaction, committed when it returns."""
@@ -230,12 +250,9 @@ class Store:
         self, conn: sa.Connection, keys: Sequence[tuple[str, str, str]]
     ) -> list[list[WaitingFile]]:
         """Many look-ups by (did, rse, instance) in one query."""
-        query = self._waiting().where(
-            files_t.c.did.in_(sorted({did for did, _, _ in keys})),
-            files_t.c.state == PENDING,
-        )
+        dids = sorted({did for did, _, _ in keys})
         found: dict[tuple[str, str, str | None], list[WaitingFile]] = defaultdict(list)
-        for row in conn.execute(query).all():
+        for row in conn.execute(self._waiting_by_did, {"dids": dids}).all():
             file = WaitingFile(*row)
             found[file.did, file.rse, file.instance].append(file)
         return [found.get(key, []) for key in keys]
@@ -279,24 +296,15 @@ class Store:
 
     def _move_files(self, conn: sa.Connection, moves: Sequence[_Move]) -> list[bool]:
         """Many moves: one UPDATE ... RETURNING per target state, in the caller's order."""
-        c = files_t.c
         groups: dict[tuple[str, str | None], list[_Move]] = defaultdict(list)
         for move in moves:
             groups[move.state, move.reason].append(move)
         moved: set[tuple[str, str | None, str, str]] = set()
         for (state, reason), group in groups.items():
             keys = sorted({(m.request_id, m.did) for m in group})
-            result = conn.execute(
-                files_t.update()
-                .where(
-                    c.did.in_(sorted({did for _, did in keys})),  # indexed: no scan
-                    sa.tuple_(c.request_id, c.did).in_(keys),
-                    c.state.not_in(FINAL),
-                    c.state != state,
-                )
-                .values(state=state, reason=reason)
-                .returning(c.request_id, c.did)
-            )
+            values = {"dids": sorted({did for _, did in keys}), "keys": keys,
+                      "to_state": state, "to_reason": reason}  # fmt: skip
+            result = conn.execute(_MOVE, values)
             moved |= {(state, reason, rid, did) for rid, did in result.all()}
         _set_where(
             conn,
@@ -325,12 +333,7 @@ class Store:
         self, conn: sa.Connection, asks: Sequence[tuple[str, ...]]
     ) -> list[set[str]]:
         ids = sorted({rid for ask in asks for rid in ask})
-        query = (
-            sa.select(files_t.c.request_id)
-            .where(files_t.c.request_id.in_(ids), files_t.c.state.in_(OPEN))
-            .group_by(files_t.c.request_id)
-        )
-        open_ids = {rid for (rid,) in conn.execute(query)}
+        open_ids = {rid for (rid,) in conn.execute(_OPEN, {"ids": ids})}
         return [open_ids & set(ask) for ask in asks]
 
     async def unclaim(self, request_id: str, did: str, claimed: str) -> None:
