@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
 import platform
 import statistics
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from bench import hops, store
 from bench.common import load_average, workspace
-from bench.overlay import bus_overlay
+from bench.overlay import bus_overlay, code_overlay
 from bench.pipeline import RunResult, run_once
 from bench.variants import Baseline, Dlaas, Variant
 
@@ -61,6 +62,8 @@ class Options:
     )
     pg: bool = False  # dlaas with the stager's state in PostgreSQL too
     profile: Path | None = None
+    before: str | None = None  # PYTHONPATH of another revision's library and services
+    prefetch: int | None = None  # also dlaas with this prefetch
 
 
 def _variants(options: Options, pg_url: str | None = None) -> list[Variant]:
@@ -68,6 +71,11 @@ def _variants(options: Options, pg_url: str | None = None) -> list[Variant]:
     if options.before_bus is not None:
         path = str(options.before_bus.resolve())
         variants.append(Dlaas(name="dlaas-before", pythonpath=path))
+    if options.before is not None:
+        variants.append(Dlaas(name="dlaas-before", pythonpath=options.before))
+    if options.prefetch:
+        name = f"dlaas-prefetch{options.prefetch}"
+        variants.append(Dlaas(name=name, prefetch=options.prefetch))
     if pg_url is not None:
         variants.append(Dlaas(db_url=pg_url, name="dlaas-pg"))
     return variants
@@ -130,11 +138,11 @@ def print_saturation(results: dict[str, list[RunResult]]) -> float:
     return base
 
 
-async def latency(sizes: Sizes, base: float) -> list[RunResult]:
-    """Both pipelines at 100 events/s and at half the baseline's saturation."""
+async def latency(sizes: Sizes, base: float, options: Options) -> list[RunResult]:
+    """The pipelines at 100 events/s and at half the baseline's saturation."""
     results = []
     for rate in (100.0, round(base / 2)):
-        for variant in _variants(Options()):
+        for variant in _variants(options):
             result = await run_once(variant, sizes.latency_files, rate)
             results.append(result)
             print(f"  latency {variant.name} at {rate:.0f}/s done", flush=True)
@@ -172,12 +180,23 @@ def main() -> None:
         metavar="REV",
         help="also run dlaas with the bus of git revision REV (e.g. HEAD)",
     )
+    parser.add_argument(
+        "--before",
+        metavar="REV",
+        help="also run dlaas with the library and services of git revision REV",
+    )
     parser.add_argument("--pg", action="store_true", help="also run dlaas on PostgreSQL")
+    parser.add_argument("--runs", type=int, help="runs of each case (default by size)")
+    parser.add_argument("--prefetch", type=int, help="also run dlaas with this prefetch")
     args = parser.parse_args()
     sizes = FULL if args.full else SMALL
+    if args.runs:
+        sizes = dataclasses.replace(sizes, runs=args.runs)
     with workspace() as scratch:
         overlay = bus_overlay(args.before_bus, scratch) if args.before_bus else None
-        run_all(sizes, set(args.only.split(",")), Options(overlay, args.pg, args.profile))
+        before = code_overlay(args.before, scratch / "before") if args.before else None
+        options = Options(overlay, args.pg, args.profile, before, args.prefetch)
+        run_all(sizes, set(args.only.split(",")), options)
 
 
 def run_all(sizes: Sizes, only: set[str], options: Options) -> None:
@@ -195,7 +214,7 @@ def run_all(sizes: Sizes, only: set[str], options: Options) -> None:
     if "saturation" in only:
         base = print_saturation(asyncio.run(saturation(sizes, options)))
     if "latency" in only:
-        print_latency(asyncio.run(latency(sizes, base or 400.0)))
+        print_latency(asyncio.run(latency(sizes, base or 400.0, options)))
     if "store" in only:
         store.print_table(asyncio.run(store.compare(sizes.store_files, sizes.lookups)))
 

@@ -1,6 +1,7 @@
-"""Run the services with the bus of another git revision: only the files this work changed.
+"""Run the services with code of another git revision (before/after a change).
 
-The overlay's ``dlaas`` and ``dlaas.bus`` packages hold the old ``consumer``, ``connection``
+``bus_overlay``: only the bus files; ``code_overlay``: the shared library and every service.
+The bus overlay's ``dlaas`` and ``dlaas.bus`` packages hold the old ``consumer``, ``connection``
 and ``decoders`` modules and fall through to this checkout for every other module, so the
 services' own code is the same on both sides of the comparison.
 """
@@ -38,3 +39,28 @@ def bus_overlay(revision: str, into: Path) -> Path:
         )
         (bus / name).write_text(shown.stdout)
     return into
+
+
+PACKAGES = (
+    "shared/dlaas",
+    "services/stager/dlaas_stager",
+    "services/cache_router/dlaas_cache_router",
+    "services/fuse_agent/dlaas_fuse_agent",
+    "services/notifier/dlaas_notifier",
+)
+
+
+def code_overlay(revision: str, into: Path) -> str:
+    """``revision``'s library and services under ``into``; the PYTHONPATH that runs them."""
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(  # noqa: S603  (git, our own checkout)
+        ["git", "-C", str(ROOT), "archive", revision, *PACKAGES],  # noqa: S607
+        capture_output=True,
+        check=True,
+    )
+    subprocess.run(  # noqa: S603  (tar, our own archive)
+        ["tar", "-x", "-C", str(into)],  # noqa: S607
+        input=archive.stdout,
+        check=True,
+    )
+    return ":".join(str(into / Path(p).parent) for p in PACKAGES)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -27,6 +28,7 @@ def sampling(pids: Mapping[str, int], out: Path | None) -> Iterator[None]:
                 spy,
                 "record",
                 "--nonblocking",
+                "--gil",  # only samples holding the GIL: Python on the CPU, not waiting
                 "-r",
                 "100",
                 "-f",
@@ -45,7 +47,9 @@ def sampling(pids: Mapping[str, int], out: Path | None) -> Iterator[None]:
         yield
     finally:
         for proc in procs:
-            proc.terminate()  # SIGTERM to py-spy: it writes what it sampled
+            proc.send_signal(
+                signal.SIGINT
+            )  # py-spy writes what it sampled on SIGINT only
         for proc in procs:
             proc.wait(timeout=30)
 

@@ -76,6 +76,7 @@ class Dlaas:
     pythonpath: str | None = (
         None  # another ``dlaas`` package to run (before/after a change)
     )
+    prefetch: int | None = None  # DLAAS_BUS__PREFETCH of every service (None: default)
 
     async def prepare(self, vhost: Vhost, workdir: Path, run: str, n: int) -> str:
         dids = [did_of(i, run) for i in range(n)]
@@ -116,6 +117,8 @@ class Dlaas:
         }
         if self.pythonpath:
             env["PYTHONPATH"] = self.pythonpath
+        if self.prefetch:
+            env["DLAAS_BUS__PREFETCH"] = str(self.prefetch)
         return [spawn_python(s, "bench.svc", [s], workdir, env) for s in SERVICES]
 
     def did_in(self, body: bytes) -> str | None:
