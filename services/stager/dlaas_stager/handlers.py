@@ -191,7 +191,12 @@ class Stager:
                 if await self.store.rule_needed_elsewhere(rule_id, request_id):
                     kept.append(rule_id)
                 else:
-                    await catalog.delete_rule(rule_id)
+                    try:
+                        await catalog.delete_rule(rule_id)
+                    except PermanentError as exc:  # e.g. no admin attribute at Rucio
+                        log.warning("rule_not_removed", rule_id=rule_id, reason=str(exc))
+                        kept.append(rule_id)
+                        continue
                     removed.append(rule_id)
             cancelled = RequestCancelled(request_id=event.request_id, user=event.user,
                                          rules_removed=removed, rules_kept=kept)  # fmt: skip

@@ -26,6 +26,12 @@ class RucioSettings(BaseModel):
     ca_cert: str | None = Field(default=None, description="CA bundle for https")
     vo: str | None = Field(default=None, description="VO of a multi-VO Rucio")
     timeout_s: float = Field(default=120, description="Per-call HTTP timeout")
+    act_as_user: bool = Field(
+        default=False,
+        description="Create each user's rules authenticated as the user's own Rucio "
+        "account with this identity: Rucio grants that only where it maps the identity to "
+        "the account, and the service account needs no admin attribute for rules",
+    )
     async_rule_min_files: int = Field(
         default=1000,
         ge=1,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -85,22 +86,30 @@ class RucioCatalog:
 
     def __init__(self, settings: RucioSettings) -> None:
         self.settings = settings
-        self._client: Any = None
+        self._clients: dict[str, Any] = {}  # by the account it acts as (act_as_user)
+        self._folder: Path | None = None
+        self._lock = threading.Lock()
         self.calls = 0
         self.calls_by: Counter[str] = Counter()  # for benchmarks: Rucio calls per file
         # files per DID seen by list_files, so add_rules knows a request's size (bounded)
         self._sizes: OrderedDict[str, int] = OrderedDict()
 
-    def _make_client(self) -> Any:
-        folder = Path(tempfile.mkdtemp(prefix="dlaas-rucio-"))
-        # gone with the catalog (or at exit); rucio reads its config file once per process
-        weakref.finalize(self, shutil.rmtree, folder, ignore_errors=True)
-        config = _private_config(self.settings, folder)
-        if not Path(os.environ.get("RUCIO_CONFIG") or folder / "none").is_file():
-            os.environ["RUCIO_CONFIG"] = str(config)
+    @property
+    def folder(self) -> Path | None:
+        """Where this catalog keeps its rucio.cfg and tokens (once it made a client)."""
+        return self._folder
+
+    def _make_client(self, account: str) -> Any:
+        if self._folder is None:
+            folder = self._folder = Path(tempfile.mkdtemp(prefix="dlaas-rucio-"))
+            # gone with the catalog (or at exit); rucio reads its config once per process
+            weakref.finalize(self, shutil.rmtree, folder, ignore_errors=True)
+            config = _private_config(self.settings, folder)
+            if not Path(os.environ.get("RUCIO_CONFIG") or folder / "none").is_file():
+                os.environ["RUCIO_CONFIG"] = str(config)
         from rucio.client import Client  # noqa: PLC0415  (reads RUCIO_CONFIG at import)
 
-        token_dir = folder / "token"
+        token_dir = self._folder / f"token-{account}"  # one token per account acted as
 
         class _OwnToken(Client):  # type: ignore[misc]  # rucio-clients ships no types
             """This catalog's token in its own folder.
@@ -127,7 +136,7 @@ class RucioCatalog:
         return _OwnToken(
             rucio_host=self.settings.host,
             auth_host=self.settings.auth_host or self.settings.host,
-            account=self.settings.account,
+            account=account,
             ca_cert=self.settings.ca_cert,
             auth_type=self.settings.auth_type,
             creds=creds,
@@ -136,11 +145,18 @@ class RucioCatalog:
             user_agent="dlaas-stager",  # Rucio's operators (and access logs) see who calls
         )
 
-    async def _call(self, call: str, fn: Callable[[Any], T]) -> T:
+    async def _call(
+        self, call: str, fn: Callable[[Any], T], *, account: str | None = None
+    ) -> T:
+        """``fn`` with a client of the service identity, acting as ``account`` if given."""
+        account = account or self.settings.account
+
         def run() -> T:
-            if self._client is None:
-                self._client = self._make_client()
-            return fn(self._client)
+            with self._lock:  # calls run in threads: one client (and folder) per account
+                client = self._clients.get(account)
+                if client is None:
+                    client = self._clients[account] = self._make_client(account)
+            return fn(client)
 
         self.calls += 1
         self.calls_by[call] += 1
@@ -203,6 +219,8 @@ class RucioCatalog:
                     account=spec.account,
                     asynchronous=later,
                 ),
+                # as the user's own account where Rucio maps our identity to it
+                account=spec.account if self.settings.act_as_user else None,
             )
         except PermanentError as exc:
             raise PermanentError(self._refusal(dids, spec, exc)) from exc
@@ -216,7 +234,13 @@ class RucioCatalog:
             f" and {len(dids) - _DIDS_NAMED} more" if len(dids) > _DIDS_NAMED else ""
         )
         why = str(exc)
-        if "AccessDenied" in why:
+        if self.settings.act_as_user and "CannotAuthenticate" in why:
+            identity = self.settings.username or self.settings.client_cert or "?"
+            why = (
+                f"no permission: Rucio does not map the stager's identity ({identity}) to "
+                f"account {spec.account}, so it may not act for that account"
+            )
+        elif "AccessDenied" in why:
             why = (
                 f"no permission: the stager's Rucio identity ({self.settings.account}) "
                 f"may not create rules for account {spec.account} ({why})"
