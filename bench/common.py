@@ -93,15 +93,20 @@ def cpu_seconds(pid: int) -> float:
 
 
 def broker_pid() -> int | None:
-    """The pid of RabbitMQ's beam.smp, when it runs on this machine."""
+    """The pid of RabbitMQ's beam.smp, when it runs on this machine.
+
+    The oldest one: ``rabbitmqctl`` (run by anyone, any time) is a short-lived beam.smp too.
+    """
+    found: list[tuple[int, int]] = []  # (start time in clock ticks, pid)
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 if (entry / "comm").read_text().strip() == "beam.smp":
-                    return int(entry.name)
-            except OSError:
+                    stat = (entry / "stat").read_text().rpartition(")")[2].split()
+                    found.append((int(stat[19]), int(entry.name)))
+            except (OSError, IndexError, ValueError):
                 continue
-    return None
+    return min(found)[1] if found else None
 
 
 def spawn_python(
