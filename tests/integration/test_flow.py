@@ -10,10 +10,12 @@ import aio_pika
 import pytest
 
 from dlaas.bus import topology
-from dlaas.client.api import StageResult, astage
+from dlaas.bus.consumer import ATTEMPT_HEADER
+from dlaas.client.api import StageResult, astage, await_request
 from dlaas.contracts import FileVisible, Notification
 from dlaas.settings import BusSettings
 from dlaas_devstack.broker import Vhost
+from dlaas_stager.store import STAGED, Store
 from tests.fakes.catalog import FakeCatalog
 from tests.services import CACHE, Stack, running_services
 
@@ -25,7 +27,12 @@ def _bus(url: str) -> BusSettings:
 
 
 async def _hermes(
-    url: str, event_type: str, payload: object, *, raw: bytes | None = None
+    url: str,
+    event_type: str,
+    payload: object,
+    *,
+    raw: bytes | None = None,
+    attempt: int | None = None,
 ) -> None:
     """Publish as Rucio's hermes does over STOMP: JSON envelope, event_type header, no type."""
     body = (
@@ -44,7 +51,8 @@ async def _hermes(
         await exchange.publish(
             aio_pika.Message(
                 body,
-                headers={"event_type": event_type},
+                headers={"event_type": event_type}
+                | ({ATTEMPT_HEADER: attempt} if attempt else {}),
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             ),
             routing_key="default",  # the instance (hermes publishes with its name)
@@ -252,3 +260,37 @@ async def test_a_rucio_outage_delays_a_request_and_never_loses_it(
                               settings=_bus(broker.url("alice")))  # fmt: skip
     assert result.ok, result
     assert catalog.calls.count("list_files") == 6  # 1 + 2 retries, parked, 1 + 2 retries
+
+
+async def test_a_claim_whose_announcement_died_is_announced_again(
+    broker: Vhost, tmp_path: Path
+) -> None:
+    """The stager claimed a file, then died before announcing it: the message comes again
+    (redelivered, or retried) and the file is announced then; a plain repeat does not."""
+    catalog = FakeCatalog()
+    files = catalog.add_dataset("user.alice:ds5", 2)
+    async with running_services(broker.url(), tmp_path, catalog) as stack:
+        sent = await astage(["user.alice:ds5"], rse="NOTEBOOK", wait=False,
+                            settings=_bus(broker.url("alice")))  # fmt: skip
+        store = Store(f"sqlite+aiosqlite:///{tmp_path / 'stager.db'}")
+        try:
+            async with asyncio.timeout(30):
+                while len(await store.waiting_in_request(str(sent.request_id))) < 2:
+                    await asyncio.sleep(0.1)
+            # what a stager killed between its claim and its announcement leaves behind
+            lost = files[0].did
+            assert await store.set_file_state(str(sent.request_id), lost, STAGED)
+        finally:
+            await store.close()
+        for info in files:
+            catalog.make_available(info.did, "NOTEBOOK")
+            _place(stack, catalog.available[info.did, "NOTEBOOK"])
+        for info, attempt in ((files[0], None), (files[1], None), (files[0], 2)):
+            scope, _, name = info.did.partition(":")
+            payload = {"request-id": "r", "scope": scope, "name": name,
+                       "dst-rse": "NOTEBOOK"}  # fmt: skip
+            await _hermes(broker.url(), "transfer-done", payload, attempt=attempt)
+        result = await await_request(sent.request_id, timeout=30,
+                                     settings=_bus(broker.url("alice")))  # fmt: skip
+    assert result.ok, result
+    assert sorted(result.ready) == sorted(f.did for f in files)

@@ -231,6 +231,7 @@ class FakeMessage:
     routing_key: str | None = "client.rule-requested.v1"
     app_id: str | None = None
     timestamp: datetime | None = None
+    redelivered: bool = False
 
 
 @dataclass

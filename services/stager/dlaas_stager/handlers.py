@@ -53,7 +53,8 @@ class Stager:
             if known is not None and known.state != "accepted":
                 return  # a repeat of a request already cancelled, failed or completed
             try:
-                await self._accept(event, delivery.correlation_id)
+                again = delivery.redelivered or delivery.attempt > 1
+                await self._accept(event, delivery.correlation_id, again=again)
             except PermanentError as exc:
                 log.warning("request_refused", reason=str(exc))
                 failed = RequestFailed(
@@ -90,7 +91,9 @@ class Stager:
             raise PermanentError("; ".join(refused.values()))
         return domain.unique_files(files), refused
 
-    async def _accept(self, event: RuleRequested, correlation_id: str | None) -> None:
+    async def _accept(
+        self, event: RuleRequested, correlation_id: str | None, *, again: bool = False
+    ) -> None:
         requested = list(dict.fromkeys(event.dids))  # each DID once, in the user's order
         instance = self.instances.name_of(event.instance)
         catalog = self.instances.catalog(instance)  # PermanentError: unknown instance
@@ -127,8 +130,9 @@ class Stager:
             failed = FileFailed(request_id=event.request_id, user=event.user, did=did,
                                 reason=reason, stage="rucio")  # fmt: skip
             await self.bus.publish(failed, correlation_id=correlation_id)
+        # seen before: files claimed then may never have been announced
         await self.announcer.stage(
-            await self.store.waiting_in_request(request_id), replicas
+            await self.store.waiting_in_request(request_id, claimed=again), replicas
         )
         await self.announcer.check_complete(request_id)
 

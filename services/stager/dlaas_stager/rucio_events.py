@@ -43,7 +43,9 @@ class RucioEvents:
         if instance is None:
             return
         with structlog.contextvars.bound_contextvars(did=did, rse=payload.dst_rse):
-            waiting = await self.store.waiting_for_file(did, payload.dst_rse, instance)
+            waiting = await self.store.waiting_for_file(
+                did, payload.dst_rse, instance, claimed=_again(delivery)
+            )
             if not waiting:
                 return  # not ours, already staged, or not recorded yet (checked after rules)
             replica = await self.instances.batcher(instance).replica(did, payload.dst_rse)
@@ -76,15 +78,31 @@ class RucioEvents:
             return
         with structlog.contextvars.bound_contextvars(rule_id=payload.rule_id):
             catalog = self.instances.catalog(instance)
-            await stage_rule(payload.rule_id, self.store, catalog, self.announcer)
+            await stage_rule(
+                payload.rule_id,
+                self.store,
+                catalog,
+                self.announcer,
+                claimed=_again(delivery),
+            )
+
+
+def _again(delivery: Delivery) -> bool:
+    """A message seen before (redelivered, or retried): its claims may be unannounced."""
+    return delivery.redelivered or delivery.attempt > 1
 
 
 async def stage_rule(
-    rule_id: str, store: Store, catalog: Catalog, announcer: Announcer
+    rule_id: str,
+    store: Store,
+    catalog: Catalog,
+    announcer: Announcer,
+    *,
+    claimed: bool = False,
 ) -> int:
     """Stage the waiting files of a rule that Rucio has AVAILABLE (one call per RSE)."""
     by_rse: dict[str, list[WaitingFile]] = defaultdict(list)
-    for file in await store.waiting_for_rule(rule_id):
+    for file in await store.waiting_for_rule(rule_id, claimed=claimed):
         by_rse[file.rse].append(file)
     staged = 0
     for rse, files in by_rse.items():

@@ -45,7 +45,12 @@ class Announcer:
     async def stage(
         self, waiting: Iterable[WaitingFile], replicas: Mapping[str, Replica]
     ) -> int:
-        """Publish ``file-staged`` for each waiting file whose replica is AVAILABLE."""
+        """Publish ``file-staged`` for each waiting file whose replica is AVAILABLE.
+
+        A file already claimed (state staged: looked up for a redelivered message) is
+        announced again: its first announcement may have died with the process or the
+        connection after the claim. Everything downstream takes a repeat as a no-op.
+        """
         ready = [
             (file, replica)
             for file in waiting
@@ -64,6 +69,9 @@ class Announcer:
         return staged
 
     async def _claim(self, file: WaitingFile) -> bool:
+        if file.state == STAGED:
+            log.info("file_announced_again", did=file.did, request_id=file.request_id)
+            return True
         # claim first: of two handlers racing (transfer-done, rule_ok) one announces it
         return await self.store.set_file_state(file.request_id, file.did, _claim_of(file))
 
@@ -91,7 +99,8 @@ class Announcer:
         try:
             await self.bus.publish(event, correlation_id=file.correlation_id)
         except BaseException:
-            await self.store.unclaim(file.request_id, file.did, _claim_of(file))
+            if file.state != STAGED:  # claimed now: the next attempt announces it
+                await self.store.unclaim(file.request_id, file.did, _claim_of(file))
             raise
         if published:
             await self.check_complete(file.request_id)

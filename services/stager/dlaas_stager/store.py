@@ -70,7 +70,9 @@ class _Move:
     where: tuple[str, str, str] | None
 
 
-_WaitingRow = sa.Select[str, str, str | None, str, str, str, str | None, str | None, str]
+_WaitingRow = sa.Select[
+    str, str, str | None, str, str, str, str | None, str | None, str, str
+]
 
 
 def _add_missing_columns(conn: sa.Connection) -> None:
@@ -150,7 +152,7 @@ class Store:
         # the hot path's statements, built once: SQLAlchemy then only binds values
         self._waiting_by_did = self._waiting().where(
             files_t.c.did.in_(sa.bindparam("dids", expanding=True)),
-            files_t.c.state == PENDING,
+            files_t.c.state.in_(OPEN),
         )
 
     async def _transaction(self, work: Callable[[sa.Connection], T]) -> T:
@@ -237,39 +239,56 @@ class Store:
             files_t.c.parent,
             requests_t.c.node,
             self._instance,
+            files_t.c.state,
         ).join(requests_t, requests_t.c.request_id == files_t.c.request_id)
 
     async def waiting_for_file(
-        self, did: str, rse: str, instance: str | None = None
+        self, did: str, rse: str, instance: str | None = None, *, claimed: bool = False
     ) -> list[WaitingFile]:
-        """Requests of ``instance`` (the default for None) whose file ``did`` at ``rse`` waits."""
-        key = (did, rse, instance or self.default_instance)
+        """Requests of ``instance`` (the default for None) whose file ``did`` at ``rse`` waits.
+
+        ``claimed`` also returns files claimed (staged) but not yet visible: what a
+        redelivered message must announce again, its first delivery having died between
+        the claim and the announcement.
+        """
+        key = (did, rse, instance or self.default_instance, claimed)
         return await self._group.submit(self._waiting_for_files, key)
 
     def _waiting_for_files(
-        self, conn: sa.Connection, keys: Sequence[tuple[str, str, str]]
+        self, conn: sa.Connection, keys: Sequence[tuple[str, str, str, bool]]
     ) -> list[list[WaitingFile]]:
         """Many look-ups by (did, rse, instance) in one query."""
-        dids = sorted({did for did, _, _ in keys})
+        dids = sorted({key[0] for key in keys})
         found: dict[tuple[str, str, str | None], list[WaitingFile]] = defaultdict(list)
         for row in conn.execute(self._waiting_by_did, {"dids": dids}).all():
             file = WaitingFile(*row)
             found[file.did, file.rse, file.instance].append(file)
-        return [found.get(key, []) for key in keys]
+        return [
+            [f for f in found.get((did, rse, inst), []) if claimed or f.state == PENDING]
+            for did, rse, inst, claimed in keys
+        ]
 
-    async def waiting_for_rule(self, rule_id: str) -> list[WaitingFile]:
-        """Files not yet staged of the requests served by ``rule_id``."""
+    async def waiting_for_rule(
+        self, rule_id: str, *, claimed: bool = False
+    ) -> list[WaitingFile]:
+        """Files of the requests served by ``rule_id`` not yet staged (or not yet visible)."""
         query = (
             self._waiting()
             .join(rules_t, rules_t.c.request_id == files_t.c.request_id)
-            .where(rules_t.c.rule_id == rule_id, files_t.c.state == PENDING)
+            .where(
+                rules_t.c.rule_id == rule_id,
+                files_t.c.state.in_(OPEN if claimed else (PENDING,)),
+            )
         )
         return await self._fetch_waiting(query)
 
-    async def waiting_in_request(self, request_id: str) -> list[WaitingFile]:
-        """Files not yet staged of one request."""
+    async def waiting_in_request(
+        self, request_id: str, *, claimed: bool = False
+    ) -> list[WaitingFile]:
+        """Files not yet staged of one request (``claimed``: or not yet visible)."""
         query = self._waiting().where(
-            files_t.c.request_id == request_id, files_t.c.state == PENDING
+            files_t.c.request_id == request_id,
+            files_t.c.state.in_(OPEN if claimed else (PENDING,)),
         )
         return await self._fetch_waiting(query)
 

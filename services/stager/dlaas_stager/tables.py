@@ -88,6 +88,7 @@ class WaitingFile:
     parent: str | None = None
     node: str | None = None
     instance: str | None = None
+    state: str = PENDING  # STAGED: claimed, maybe never announced (a crash between)
 
 
 @dataclass(frozen=True)

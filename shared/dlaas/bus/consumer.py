@@ -47,6 +47,9 @@ class Delivery:
     correlation_id: str | None
     user_id: str | None  # validated by RabbitMQ against the publisher's login
     routing_key: str | None
+    redelivered: bool = (
+        False  # the broker gave it before: its handler may have died in it
+    )
 
     @property
     def last_attempt(self) -> bool:
@@ -202,6 +205,7 @@ class Consumer:
             correlation_id=message.correlation_id,
             user_id=message.user_id,
             routing_key=message.routing_key,
+            redelivered=bool(message.redelivered),
         )
         return decoded.kind, await self._call(handler, decoded.model, delivery, message)
 
