@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 from uuid import UUID, uuid4
 
@@ -23,7 +24,7 @@ from dlaas.contracts import (
     RuleRequested,
 )
 from dlaas.errors import PermanentError
-from dlaas_notifier import aggregation
+from dlaas_notifier import aggregation, domain
 from dlaas_notifier.adapters.webhook import WebhookSender
 from dlaas_notifier.dispatch import Dispatcher
 from dlaas_notifier.handlers import Notifier
@@ -157,6 +158,25 @@ async def test_a_repeated_fact_is_told_and_counted_once(rig: Rig) -> None:
     assert kinds == ["accepted", "file-ready", "file-ready", "completed"]
     assert rig.email.subjects == ["completed"]  # two files: no progress, one summary
     assert rig.webhook.subjects == ["completed"]
+
+
+async def test_copies_of_a_fact_handled_at_once_are_told_once(rig: Rig) -> None:
+    """Two copies of an event (an upstream repeat, two replicas) race: one tells it."""
+    await _run(rig, _accepted(2))
+    copies = [_visible(0) for _ in range(4)]
+    await asyncio.gather(*(rig.notifier.on_event(c, DELIVERY) for c in copies))
+    assert [n.kind for n in rig.notebook.told] == ["accepted", "file-ready"]
+
+
+async def test_a_redelivered_fact_is_told_again_rather_than_lost(rig: Rig) -> None:
+    """Taken by a handling that died before telling: the redelivery tells it."""
+    await _run(rig, _accepted(2))
+    note = domain.notification_for(_visible(0))
+    await rig.notifier.store.record(note, 1_010.0)
+    assert await rig.notifier.store.claim_notify(note)  # then the process died
+    await rig.notifier.on_event(_visible(0), replace(DELIVERY, redelivered=True))
+    await rig.notifier.on_event(_visible(0), DELIVERY)  # a plain repeat: not again
+    assert [n.kind for n in rig.notebook.told] == ["accepted", "file-ready"]
 
 
 async def test_progress_at_steps_then_one_summary_with_slowest_files(rig: Rig) -> None:

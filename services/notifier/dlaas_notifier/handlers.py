@@ -69,13 +69,26 @@ class Notifier:
             _store_may_recover(),
         ):
             recorded = await self.store.record(note, event.occurred_at.timestamp())
-            if recorded.notified:
-                log.info("repeat_ignored", did=note.did)
+            if await self.store.claim_notify(note):
+                await self._tell(note, delivery, claimed=True)
+            elif delivery.redelivered:
+                # taken by a handling that died: maybe before it told, so tell (a client
+                # takes a repeated fact as a no-op; losing it would be worse)
+                await self._tell(note, delivery, claimed=False)
             else:
-                await self.notebook.publish(note, delivery.correlation_id)
-                await self.store.mark_notified(note)
-                log.debug("notified", channel="notebook", did=note.did)
+                log.info("repeat_ignored", did=note.did)
             await self._fan_out(note, recorded.state)
+
+    async def _tell(
+        self, note: Notification, delivery: Delivery, *, claimed: bool
+    ) -> None:
+        try:
+            await self.notebook.publish(note, delivery.correlation_id)
+        except BaseException:
+            if claimed:  # the next attempt tells it
+                await self.store.unclaim_notify(note)
+            raise
+        log.debug("notified", channel="notebook", did=note.did)
 
     async def _fan_out(self, note: Notification, state: RequestState) -> None:
         """Queue progress or the summary for the request's e-mail and webhook channels."""

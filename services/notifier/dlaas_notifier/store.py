@@ -101,6 +101,13 @@ _FACTS = sa.and_(
 )
 _NOTIFIED = sa.select(_fc.request_id, _fc.key).where(_FACTS, _fc.notified.is_(True))
 _MARK = facts_t.update().where(_FACTS).values(notified=True)
+# take the telling of a fact: of two handlers holding the same fact, one gets it
+_CLAIM = (
+    facts_t.update()
+    .where(_FACTS, _fc.notified.is_(False))
+    .values(notified=True)
+    .returning(_fc.request_id, _fc.key)
+)
 _STATES = sa.select(requests_t).where(
     _rc.request_id.in_(sa.bindparam("rids", expanding=True))
 )
@@ -126,6 +133,16 @@ def _notified(
 def _mark_notified(conn: sa.Connection, keys: Sequence[tuple[str, str]]) -> list[None]:
     conn.execute(_MARK, _facts(keys))
     return [None] * len(keys)
+
+
+def _claim_notify(conn: sa.Connection, keys: Sequence[tuple[str, str]]) -> list[bool]:
+    """Take the telling of these facts; a fact asked for twice is taken once."""
+    taken = {(rid, key) for rid, key in conn.execute(_CLAIM, _facts(keys))}
+    answers = []
+    for key in keys:
+        answers.append(key in taken)
+        taken.discard(key)
+    return answers
 
 
 def _states(conn: sa.Connection, request_ids: Sequence[str]) -> dict[str, RequestState]:
@@ -210,6 +227,25 @@ class Store:
             answers.append(Recorded(key in new, key in notified, states[key[0]]))
             new.discard(key)  # a repeat within the batch is not first
         return answers
+
+    async def claim_notify(self, note: Notification) -> bool:
+        """Take the telling of ``note``'s fact on the notebook channel (atomic): True once.
+
+        Two copies of an event (an upstream repeat, two replicas) both record the fact and
+        find it untold; only the one that takes it tells it.
+        """
+        key = (str(note.request_id), fact_key(note))
+        return await self._group.submit(_claim_notify, key)
+
+    async def unclaim_notify(self, note: Notification) -> None:
+        """The telling failed: leave the fact to the next attempt."""
+        c = facts_t.c
+        async with self.db.begin() as conn:
+            await conn.execute(
+                facts_t.update()
+                .where(c.request_id == str(note.request_id), c.key == fact_key(note))
+                .values(notified=False)
+            )
 
     async def mark_notified(self, note: Notification) -> None:
         """The notebook channel has told ``note``'s fact."""
