@@ -5,6 +5,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import sqlalchemy as sa
+
+from dlaas.errors import is_transaction_conflict
 from dlaas_stager.store import Store
 from dlaas_stager.tables import NewRequest
 
@@ -29,3 +32,11 @@ async def test_an_older_store_gets_the_new_columns(tmp_path: Path) -> None:
         await store.close()
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT node FROM requests").fetchall() == [("n1",)]
+
+
+def test_a_conflict_between_transactions_is_worth_a_retry() -> None:
+    class DeadlockError(Exception):
+        sqlstate = "40P01"  # what PostgreSQL says when it aborts one of two
+
+    assert is_transaction_conflict(sa.exc.DBAPIError("UPDATE", {}, DeadlockError()))
+    assert not is_transaction_conflict(sa.exc.DBAPIError("UPDATE", {}, ValueError()))

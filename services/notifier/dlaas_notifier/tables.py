@@ -18,6 +18,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
+from dlaas.errors import TransientError, is_transaction_conflict
+
 metadata = sa.MetaData()
 requests_t = sa.Table(
     "notifier_requests",
@@ -173,8 +175,13 @@ class Database:
         """Run ``work`` (plain SQLAlchemy) in one transaction, committed when it returns."""
         if self._local is not None:
             return await self._local.run(work)
-        async with self.begin() as conn:
-            return await conn.run_sync(work)
+        try:
+            async with self.begin() as conn:
+                return await conn.run_sync(work)
+        except sa.exc.DBAPIError as exc:
+            if is_transaction_conflict(exc):  # aborted for another: the batch is retried
+                raise TransientError(f"database conflict: {exc.orig}") from exc
+            raise
 
     async def create_tables(self) -> None:
         """Create the tables if missing."""

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from dlaas.errors import TransientError, is_transaction_conflict
 from dlaas.grouping import GroupRunner
 from dlaas_stager.local_sqlite import (
     BUSY_TIMEOUT_S,
@@ -159,8 +160,13 @@ class Store:
         """Run a batch's work in one transaction, committed when it returns."""
         if self._local is not None:
             return await self._local.run(work)
-        async with self.engine.begin() as conn:
-            return await conn.run_sync(work)
+        try:
+            async with self.engine.begin() as conn:
+                return await conn.run_sync(work)
+        except sa.exc.DBAPIError as exc:
+            if is_transaction_conflict(exc):  # aborted for another: the batch is retried
+                raise TransientError(f"database conflict: {exc.orig}") from exc
+            raise
 
     async def init(self) -> None:
         """Create the tables (and indexes added since) if missing."""
