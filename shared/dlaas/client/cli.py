@@ -253,7 +253,12 @@ async def _cancel(args: argparse.Namespace, settings: ClientSettings, out: TextI
 
 async def _inbox(args: argparse.Namespace, settings: ClientSettings, out: TextIO) -> int:
     notes = await api.ainbox(settings=settings.bus)
+    seen: set[tuple[str, str, str | None]] = set()  # a fact told twice is shown once
     for note in notes:
+        fact = (str(note.request_id), note.kind, note.did)
+        if fact in seen and note.kind != "progress":
+            continue
+        seen.add(fact)
         print(
             note.model_dump_json()
             if args.json
