@@ -85,7 +85,8 @@ class StagerOptions(BaseModel):
     batch_window_s: float = Field(
         default=0.05,
         ge=0,
-        description="transfer-done replica checks are batched this long",
+        description="longest a transfer-done replica check waits behind a Rucio call in "
+        "flight for its RSE (none in flight: asked at once)",
     )
 
 
