@@ -71,9 +71,9 @@ class Notifier:
             recorded = await self.store.record(note, event.occurred_at.timestamp())
             if await self.store.claim_notify(note):
                 await self._tell(note, delivery, claimed=True)
-            elif delivery.redelivered:
-                # taken by a handling that died: maybe before it told, so tell (a client
-                # takes a repeated fact as a no-op; losing it would be worse)
+            elif delivery.redelivered and not await self.store.told(note):
+                # taken by a handling that died before its telling was confirmed: tell (a
+                # client takes a repeated fact as a no-op; losing it would be worse)
                 await self._tell(note, delivery, claimed=False)
             else:
                 log.info("repeat_ignored", did=note.did)
@@ -88,6 +88,9 @@ class Notifier:
             if claimed:  # the next attempt tells it
                 await self.store.unclaim_notify(note)
             raise
+        await self.store.mark_notified(
+            note
+        )  # confirmed: a redelivery need not tell again
         log.debug("notified", channel="notebook", did=note.did)
 
     async def _fan_out(self, note: Notification, state: RequestState) -> None:

@@ -100,7 +100,10 @@ _FACTS = sa.and_(
     sa.tuple_(_fc.request_id, _fc.key).in_(sa.bindparam("pairs", expanding=True)),
 )
 _NOTIFIED = sa.select(_fc.request_id, _fc.key).where(_FACTS, _fc.notified.is_(True))
-_MARK = facts_t.update().where(_FACTS).values(notified=True)
+_MARK = facts_t.update().where(_FACTS).values(notified=True, told=True)
+_TOLD = sa.select(_fc.told).where(
+    _fc.request_id == sa.bindparam("rid"), _fc.key == sa.bindparam("key")
+)
 # take the telling of a fact: of two handlers holding the same fact, one gets it
 _CLAIM = (
     facts_t.update()
@@ -236,6 +239,12 @@ class Store:
         """
         key = (str(note.request_id), fact_key(note))
         return await self._group.submit(_claim_notify, key)
+
+    async def told(self, note: Notification) -> bool:
+        """Whether the telling of ``note``'s fact was confirmed (not merely taken)."""
+        params = {"rid": str(note.request_id), "key": fact_key(note)}
+        async with self.db.begin() as conn:
+            return bool((await conn.execute(_TOLD, params)).scalar_one_or_none())
 
     async def unclaim_notify(self, note: Notification) -> None:
         """The telling failed: leave the fact to the next attempt."""

@@ -35,6 +35,19 @@ requests_t = sa.Table(
     sa.Column("last_step", sa.Integer, nullable=False, default=0),
     sa.Column("last_progress_at", sa.Float),
 )
+
+
+def _add_missing_columns(conn: sa.Connection) -> None:
+    for table in metadata.sorted_tables:
+        have = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in have and column.nullable:
+                kind = column.type.compile(conn.dialect)
+                conn.execute(
+                    sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+                )
+
+
 facts_t = sa.Table(
     "notifier_facts",
     metadata,
@@ -42,7 +55,8 @@ facts_t = sa.Table(
     sa.Column("key", sa.String(320), primary_key=True),  # kind or kind:did
     sa.Column("at", sa.Float, nullable=False),
     sa.Column("detail", sa.Text),
-    sa.Column("notified", sa.Boolean, nullable=False, default=False),
+    sa.Column("notified", sa.Boolean, nullable=False, default=False),  # taken to tell
+    sa.Column("told", sa.Boolean),  # the broker confirmed the telling (NULL: not known)
 )
 outbox_t = sa.Table(
     "notifier_outbox",
@@ -184,9 +198,10 @@ class Database:
             raise
 
     async def create_tables(self) -> None:
-        """Create the tables if missing."""
+        """Create the tables if missing, and the nullable columns added since."""
         async with self.begin() as conn:
             await conn.run_sync(metadata.create_all)
+            await conn.run_sync(_add_missing_columns)
 
     async def close(self) -> None:
         """Release connections."""
