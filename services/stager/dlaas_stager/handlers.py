@@ -130,10 +130,10 @@ class Stager:
             failed = FileFailed(request_id=event.request_id, user=event.user, did=did,
                                 reason=reason, stage="rucio")  # fmt: skip
             await self.bus.publish(failed, correlation_id=correlation_id)
-        # seen before: files claimed then may never have been announced
-        await self.announcer.stage(
-            await self.store.waiting_in_request(request_id, claimed=again), replicas
-        )
+        if available or again:  # (seen before: claimed files may be unannounced)
+            await self.announcer.stage(
+                await self.store.waiting_in_request(request_id, claimed=again), replicas
+            )
         await self.announcer.check_complete(request_id)
 
     async def on_publish_requested(

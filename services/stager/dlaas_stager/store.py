@@ -71,6 +71,7 @@ class _Move:
     where: tuple[str, str, str] | None
 
 
+INSERT_CHUNK = 5_000  # rows of a request's files built and inserted at a time
 _WaitingRow = sa.Select[
     str, str, str | None, str, str, str, str | None, str | None, str, str
 ]
@@ -203,22 +204,23 @@ class Store:
                     }
                 ],
             )
-            await self._ignore(
-                conn,
-                files_t,
-                [
-                    {
-                        "request_id": req.request_id,
-                        "did": f.did,
-                        "rse": req.rse,
-                        "bytes": f.bytes,
-                        "adler32": f.adler32,
-                        "state": PENDING,
-                        "parent": f.parent,
-                    }
-                    for f in req.files
-                ],
-            )
+            for start in range(0, len(req.files), INSERT_CHUNK):  # bounded memory
+                await self._ignore(
+                    conn,
+                    files_t,
+                    [
+                        {
+                            "request_id": req.request_id,
+                            "did": f.did,
+                            "rse": req.rse,
+                            "bytes": f.bytes,
+                            "adler32": f.adler32,
+                            "state": PENDING,
+                            "parent": f.parent,
+                        }
+                        for f in req.files[start : start + INSERT_CHUNK]
+                    ],
+                )
             await self._ignore(
                 conn,
                 rules_t,
