@@ -79,12 +79,15 @@ async def test_a_replica_killed_mid_burst_loses_nothing_and_tells_nothing_twice(
             fault=f"SIGKILL {service} (1 of 2 replicas) mid-burst",
             sent=FILES,
             lost=told.lost(burst),
-            duplicates=told.duplicates(),
+            duplicates=told.user_visible_duplicates(),
+            repeats=told.duplicates() - told.user_visible_duplicates(),
             recovery_s=told.longest_gap(killed_at),
             note=f"killed at {FILES // 5}+ told; restarted in {restart_s:.1f} s",
         )
     )
-    await judge(replicas, burst, told, deadlocks_before)
+    await judge(
+        replicas, burst, told, deadlocks_before, notifier_cut=service == "notifier"
+    )
 
 
 @pytest.mark.parametrize("service", ["stager", "notifier"])
@@ -108,7 +111,8 @@ async def test_a_replica_terminated_mid_burst_finishes_its_work_and_exits_0(
             fault=f"SIGTERM {service} (1 of 2 replicas) mid-burst",
             sent=FILES,
             lost=told.lost(burst),
-            duplicates=told.duplicates(),
+            duplicates=told.user_visible_duplicates(),
+            repeats=told.duplicates() - told.user_visible_duplicates(),
             recovery_s=told.longest_gap(stopped_at),
             note=f"exit {code} after {took:.1f} s (grace {GRACE_S:.0f} s)",
         )

@@ -105,9 +105,7 @@ async def test_events_of_one_instance_never_serve_a_request_of_another(
     assert f"unknown Rucio instance '{SECOND}'" in unknown.reason
 
     # an operator adds the instance: no restart
-    instances_file.write_text(
-        json.dumps({SECOND: _identity_json(second_rucio)})
-    )
+    instances_file.write_text(json.dumps({SECOND: _identity_json(second_rucio)}))
     await asyncio.sleep(1.5)
     theirs = await astage([did], rse=NOTEBOOK, instance=SECOND, wait=False,
                           settings=_bus(broker))  # fmt: skip
