@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from bench.common import load_average
-from tests.faults.conftest import FaultFigure, format_table
+from tests.faults.report import FaultFigure, format_table
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,6 +13,12 @@ import pytest
 
 from dlaas_devstack.broker import Vhost
 from tests.broker import need, open_broker
+from tests.faults.report import (  # every test may record a fault figure
+    fault_report,
+    pytest_terminal_summary,
+)
+
+__all__ = ["fault_report", "pytest_terminal_summary"]
 
 
 @pytest.fixture(scope="session")

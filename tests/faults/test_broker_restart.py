@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import FaultFigure, Record
 from tests.faults.pipeline import Burst, Inbox, Replicas, judge
 from tests.faults.private_rabbit import PrivateRabbit
+from tests.faults.report import FaultFigure, Record
 
 pytestmark = [pytest.mark.faults]
 

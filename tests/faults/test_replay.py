@@ -25,7 +25,7 @@ from dlaas_devstack.broker import Vhost
 from dlaas_devstack.lake import NOTEBOOK, rse_dir
 from dlaas_devstack.replay import Recorded, Recorder, arrange, load, replay, save
 from dlaas_devstack.rucio import RucioStack
-from tests.faults.conftest import FaultFigure, Record
+from tests.faults.report import FaultFigure, Record
 from tests.faults.test_rucio_faults import (
     SETTLE_S,
     catalog,

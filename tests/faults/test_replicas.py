@@ -14,7 +14,6 @@ import pytest
 
 from bench.variants import SERVICES
 from tests.broker import open_broker
-from tests.faults.conftest import FaultFigure, Record
 from tests.faults.pipeline import (
     Burst,
     Inbox,
@@ -23,6 +22,7 @@ from tests.faults.pipeline import (
     judge,
     postgres_database,
 )
+from tests.faults.report import FaultFigure, Record
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker]
 

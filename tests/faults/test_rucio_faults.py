@@ -35,7 +35,7 @@ from dlaas_devstack.lake import NOTEBOOK, make_dataset, rse_dir
 from dlaas_devstack.rucio import RucioStack
 from dlaas_stager.adapters.rucio import RucioCatalog
 from dlaas_stager.settings import RucioSettings
-from tests.faults.conftest import FaultFigure, Record
+from tests.faults.report import FaultFigure, Record
 from tests.services import running_services
 
 pytestmark = [

@@ -9,6 +9,7 @@ import random
 import shutil
 import signal
 import socket
+import time
 import uuid
 import zlib
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -28,6 +29,7 @@ from dlaas_cache_router.settings import CacheOptions, CacheRouterSettings
 from dlaas_devstack import xrootd
 from dlaas_devstack.broker import Vhost, create_vhost
 from tests.broker import need
+from tests.faults.report import FaultFigure
 from tests.services import one_service
 
 # Read by the XRootD client once, when first imported: a dead server must fail fast.
@@ -186,8 +188,9 @@ def _two_each(files: list[LakeFile], caches: list[str]) -> list[LakeFile]:
     return chosen
 
 
+@pytest.mark.faults
 async def test_files_go_to_live_caches_and_are_read_with_their_checksum(
-    vhost, tmp_path, origin, files
+    vhost, tmp_path, origin, files, fault_report
 ):
     run = tmp_path / "run"
     a = xrootd.start_xcache(run, origin=None, name="cache-a")
@@ -211,10 +214,20 @@ async def test_files_go_to_live_caches_and_are_read_with_their_checksum(
                 assert event.cache_url == f"{event.cache}//{origin.url}/{file.path}"
                 await _read_checked(event.cache_url, file)
 
+            killed = time.monotonic()
             os.kill(a.pid, signal.SIGKILL)
             await asyncio.sleep(1)
             ready = await _ready(bus, got, origin, chosen)
             assert {e.cache for e in ready.values()} == {b.url}
+            fault_report(
+                FaultFigure(
+                    fault="an XCache killed (SIGKILL), then the other, then one back",
+                    sent=len(chosen), lost=len(chosen) - len(ready), duplicates=0,
+                    recovery_s=time.monotonic() - killed,
+                    note="files routed to the live cache, then to the origin; each read "
+                    "with Rucio's adler32 (recovery includes a 1 s wait for the probe)",
+                )
+            )  # fmt: skip
             moved = [f for f in chosen if home[f.did] == a.url]
             await _read_checked(ready[moved[0].did].cache_url, moved[0])
 
