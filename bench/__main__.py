@@ -1,4 +1,4 @@
-"""``python -m bench [--full] [--only saturation,latency,store]``: every figure, as tables.
+"""``python -m bench [--full] [--only saturation,latency,store,...]``: every figure, as tables.
 
 Small sizes by default (a few minutes); ``--full`` for the sizes of bench/RESULTS.md.
 """
@@ -14,13 +14,13 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import hops, store
+from bench import backlog, hops, rucio_e2e, scaleout, store
 from bench.common import load_average, workspace
 from bench.overlay import bus_overlay, code_overlay
 from bench.pipeline import RunResult, run_once
 from bench.variants import Baseline, Dlaas, Variant
 
-SECTIONS = ("hop", "saturation", "latency", "store")
+SECTIONS = ("hop", "saturation", "latency", "store", "scaleout", "backlog", "rucio-e2e")
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,8 @@ class Sizes:
     latency_files: int
     store_files: int
     lookups: int
+    backlog_files: int  # hermes events queued before the services start (and a tenth)
+    e2e_files: int  # the dataset of the real Rucio end to end
 
 
 SMALL = Sizes(
@@ -42,6 +44,8 @@ SMALL = Sizes(
     latency_files=600,
     store_files=10_000,
     lookups=2_000,
+    backlog_files=20_000,
+    e2e_files=1_000,
 )
 FULL = Sizes(
     files=5_000,
@@ -50,6 +54,8 @@ FULL = Sizes(
     latency_files=2_000,
     store_files=100_000,
     lookups=10_000,
+    backlog_files=1_000_000,
+    e2e_files=10_000,
 )
 
 
@@ -217,6 +223,13 @@ def run_all(sizes: Sizes, only: set[str], options: Options) -> None:
         print_latency(asyncio.run(latency(sizes, base or 400.0, options)))
     if "store" in only:
         store.print_table(asyncio.run(store.compare(sizes.store_files, sizes.lookups)))
+    if "scaleout" in only:
+        scaled = scaleout.compare(sizes.files, sizes.runs, pg=options.pg)
+        scaleout.print_table(asyncio.run(scaled))
+    if "backlog" in only:
+        backlog.print_table(asyncio.run(backlog.compare(sizes.backlog_files)))
+    if "rucio-e2e" in only:
+        rucio_e2e.print_table(asyncio.run(rucio_e2e.run(sizes.e2e_files)))
 
 
 if __name__ == "__main__":
