@@ -65,8 +65,10 @@ class E2eResult:
     kinds: dict[str, int] = field(default_factory=dict)
 
 
-def _epoch(value: dt.datetime) -> float:
-    """Seconds since the epoch of Rucio's naive UTC datetime."""
+def _epoch(value: dt.datetime | str) -> float:
+    """Seconds since the epoch of Rucio's UTC time (a naive datetime, or its text)."""
+    if isinstance(value, str):
+        value = dt.datetime.strptime(value, "%a, %d %b %Y %H:%M:%S UTC")  # noqa: DTZ007
     return calendar.timegm(value.timetuple()) + value.microsecond / 1e6
 
 
