@@ -136,9 +136,19 @@ def run(workdir: Path, n_files: int) -> int:
                     basket, notebook = _users_files(workdir)
                     code = code or _stage_as_alice(url, ["--from", str(basket)])
                     code = code or _stage_as_alice(url, ["--from", str(notebook)])
+    _drop_database("dlaas_demo")
     _say(f"stopped everything; logs under {workdir}")
     vhost.delete()
     return code
+
+
+def _drop_database(name: str) -> None:
+    """The demo's Rucio database goes with it (the next run makes a fresh one)."""
+    subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-q", "-c",
+         f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'],
+        check=False, capture_output=True, timeout=60,
+    )  # fmt: skip
 
 
 def _users_files(workdir: Path) -> tuple[Path, Path]:
