@@ -80,6 +80,7 @@ class Instances:
             PermanentError: no such instance is configured.
         """
         name = self.name_of(name)
+        self._maybe_reload()  # settings changed in the file: a fresh catalog
         found = self._catalogs.get(name)
         if found is not None:
             return found
