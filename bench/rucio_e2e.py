@@ -8,8 +8,9 @@ NOTEBOOK's folder: the mock transfertool moves nothing), the four dlaas services
 own processes (the real stager against that Rucio). One ``rule-requested`` as alice; then
 Rucio's rules are polled every 0.5 s while alice's inbox is read. Printed: Rucio's own time
 from the rules' creation (their ``created_at``) to all of them OK, beside the time from the
-same moment to the last ``file-ready`` and to ``completed`` reaching alice; the difference
-is what dlaas adds.
+same moment to the last ``file-ready`` and to ``completed`` reaching alice. A queue of ours
+bound to ``rucio.hermes`` times when each ``transfer-done`` reached the broker: from there
+to the file's ``file-ready`` at alice is dlaas's own share (the rest is Rucio and hermes).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from bench.common import load_average, throwaway_vhost, wait_logged, workspace
+from bench.common import Quantiles, load_average, throwaway_vhost, wait_logged, workspace
 from bench.stager_rucio import _drop
 from dlaas.bus import topology
 from dlaas.bus.connection import Bus
@@ -57,6 +58,9 @@ class E2eResult:
     rules: int = 0
     rule_ok_s: float | None = None  # Rucio: created_at -> every rule OK (polled)
     rule_ok_rucio_s: float | None = None  # Rucio: created_at -> updated_at of the last
+    first_done_s: float | None = None  # hermes' first transfer-done at the broker
+    last_done_s: float | None = None
+    per_file: Quantiles | None = None  # transfer-done at the broker -> file-ready (ms)
     first_ready_s: float | None = None
     last_ready_s: float | None = None
     completed_s: float | None = None
@@ -94,8 +98,10 @@ def _spawn_services(work: Path, vhost: Vhost, stack: RucioStack) -> list[_proc.C
     return children
 
 
-async def _declare(vhost: Vhost) -> tuple[aio_pika.abc.AbstractConnection, Any, Any]:
-    """Topology, alice's inbox, and a queue of request-accepted/failed; (conn, inbox, answers)."""
+async def _declare(
+    vhost: Vhost,
+) -> tuple[aio_pika.abc.AbstractConnection, Any, Any, Any]:
+    """Topology, alice's inbox, request-accepted/failed, and a copy of hermes' messages."""
     settings = BusSettings.model_validate({"url": vhost.url()})
     connection = await aio_pika.connect(vhost.url())
     channel = await connection.channel()
@@ -104,7 +110,9 @@ async def _declare(vhost: Vhost) -> tuple[aio_pika.abc.AbstractConnection, Any, 
     answers = await channel.declare_queue(exclusive=True)
     for event in (RequestAccepted, RequestFailed):
         await answers.bind(topology.EVENTS, event.routing_key())
-    return connection, inbox, answers
+    hermes = await channel.declare_queue(exclusive=True)
+    await hermes.bind(topology.HERMES, "#")
+    return connection, inbox, answers, hermes
 
 
 @dataclass
@@ -114,6 +122,7 @@ class _Listener:
     request_id: str
     accepted: asyncio.Future[dict[str, Any]]
     ready: dict[str, float] = field(default_factory=dict)  # DID -> first file-ready
+    done: dict[str, float] = field(default_factory=dict)  # DID -> hermes' transfer-done
     ended: dict[str, float] = field(default_factory=dict)  # completed / failed -> when
     counts: dict[str, int] = field(default_factory=dict)
     over: asyncio.Event = field(default_factory=asyncio.Event)
@@ -128,6 +137,14 @@ class _Listener:
             if kind in {"completed", "failed"}:
                 self.ended.setdefault(kind, now)
                 self.over.set()
+        await message.ack()
+
+    async def on_hermes(self, message: AbstractIncomingMessage) -> None:
+        """When hermes' ``transfer-done`` of each file reached the broker."""
+        now, body = time.time(), json.loads(message.body)
+        if body.get("event_type") == "transfer-done":
+            payload = body.get("payload", {})
+            self.done.setdefault(f"{payload.get('scope')}:{payload.get('name')}", now)
         await message.ack()
 
     async def on_answer(self, message: AbstractIncomingMessage) -> None:
@@ -146,12 +163,13 @@ async def measure(
 ) -> E2eResult:
     """Start the services, send the request, follow the rules and alice's inbox."""
     result = E2eResult(files=n)
-    connection, inbox, answers = await _declare(vhost)
+    connection, inbox, answers, hermes = await _declare(vhost)
     request = RuleRequested(request_id=uuid.uuid4(), user=USER, dids=[did], rse=NOTEBOOK)
     loop = asyncio.get_running_loop()
     heard = _Listener(str(request.request_id), loop.create_future())
     await inbox.consume(heard.on_note)
     await answers.consume(heard.on_answer)
+    await hermes.consume(heard.on_hermes)
     children = _spawn_services(work / "dlaas", vhost, stack)
     try:
         for child in children:
@@ -177,6 +195,11 @@ async def measure(
     result.kinds, result.ready = heard.counts, len(heard.ready)
     result.rule_ok_s = None if ok_at is None else ok_at - created
     result.rule_ok_rucio_s = None if ok_rucio is None else ok_rucio - created
+    if heard.done:
+        result.first_done_s = min(heard.done.values()) - created
+        result.last_done_s = max(heard.done.values()) - created
+        pairs = [(heard.done[d], t) for d, t in heard.ready.items() if d in heard.done]
+        result.per_file = Quantiles.of([t - d for d, t in pairs])
     if heard.ready:
         result.first_ready_s = min(heard.ready.values()) - created
         result.last_ready_s = max(heard.ready.values()) - created
@@ -239,6 +262,9 @@ def print_table(r: E2eResult) -> None:
     added = None
     if r.rule_ok_s is not None and r.last_ready_s is not None:
         added = r.last_ready_s - r.rule_ok_s
+    own = None
+    if r.last_done_s is not None and r.last_ready_s is not None:
+        own = r.last_ready_s - r.last_done_s
     print(f"\n## Real Rucio end to end: one dataset of {r.files} files, "
           f"{r.rules} rule(s), conveyor with the mock transfertool, hermes over STOMP")  # fmt: skip
     print("| from the rule's creation (Rucio's created_at) to | s |")
@@ -247,16 +273,23 @@ def print_table(r: E2eResult) -> None:
         ("request-accepted after the request was published", r.accepted_s),
         ("Rucio: every rule OK (polled every 0.5 s)", r.rule_ok_s),
         ("Rucio: every rule OK (its updated_at)", r.rule_ok_rucio_s),
+        ("hermes: first transfer-done at the broker", r.first_done_s),
+        ("hermes: last transfer-done at the broker", r.last_done_s),
         ("dlaas: first file-ready at the user", r.first_ready_s),
         ("dlaas: last file-ready at the user", r.last_ready_s),
         ("dlaas: completed at the user", r.completed_s),
-        ("**delay dlaas adds** (last file-ready - rule OK polled)", added),
+        ("**delay after Rucio** (last file-ready - rule OK polled)", added),
+        ("**delay dlaas adds** (last file-ready - last transfer-done)", own),
     ]
     for label, value in rows:
         print(f"| {label} | {secs(value)} |")
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(r.kinds.items()))
     print(f"\nfiles ready at the user: {r.ready} of {r.files}; notifications: {kinds}; "
           f"Rucio set-up (start, lake, dataset): {r.setup_s:.0f} s")  # fmt: skip
+    if r.per_file is not None:
+        q = r.per_file
+        print(f"per file, hermes' transfer-done at the broker -> file-ready at the user: "
+              f"p50 {q.p50:.0f} ms, p99 {q.p99:.0f} ms, max {q.max:.0f} ms")  # fmt: skip
     if r.failed:
         print(f"FAILED: {r.failed}")
 
