@@ -46,6 +46,7 @@ from dlaas_devstack.services import SERVICES, DlaasConfig
 
 SCOPE, USER = "user.alice", "alice"
 POLL_S = 0.5
+STALL_S = 60.0  # Rucio's rule is OK and no file came for this long: the rest is lost
 
 
 @dataclass
@@ -154,8 +155,16 @@ class _Listener:
         await message.ack()
 
     async def until_ended(self, timeout: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.over.wait(), timeout)
+        """Until completed/failed, or nothing new came for STALL_S (the rest is lost)."""
+        deadline = time.monotonic() + timeout
+        last, count = time.monotonic(), -1
+        while not self.over.is_set() and time.monotonic() < deadline:
+            if len(self.ready) != count:
+                last, count = time.monotonic(), len(self.ready)
+            elif time.monotonic() - last > STALL_S:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.over.wait(), 1.0)
 
 
 async def measure(
@@ -187,7 +196,7 @@ async def measure(
         rules = [str(r) for r in answer.get("rule_ids", [])]
         result.rules = len(rules)
         created, ok_at, ok_rucio = await _follow_rules(stack, rules, timeout)
-        await heard.until_ended(timeout)
+        await heard.until_ended(timeout)  # after the rule is OK
         await asyncio.sleep(2)  # anything the request still tells
     finally:
         await connection.close()
