@@ -294,3 +294,34 @@ async def test_a_claim_whose_announcement_died_is_announced_again(
                                      settings=_bus(broker.url("alice")))  # fmt: skip
     assert result.ok, result
     assert sorted(result.ready) == sorted(f.did for f in files)
+
+
+async def test_a_transfer_done_retried_still_names_its_instance(
+    broker: Vhost, tmp_path: Path
+) -> None:
+    """Hermes often says done before Rucio has the replica AVAILABLE: the message waits in
+    a retry queue and comes back through the default exchange; it must still count as the
+    default instance's (its routing key is kept), or only rule_ok would ever stage it."""
+    catalog = FakeCatalog()
+    files = catalog.add_dataset("user.alice:ds6", 1)
+    async with running_services(broker.url(), tmp_path, catalog) as stack:
+        sent = await astage(["user.alice:ds6"], rse="NOTEBOOK", wait=False,
+                            settings=_bus(broker.url("alice")))  # fmt: skip
+        store = Store(f"sqlite+aiosqlite:///{tmp_path / 'stager.db'}")
+        try:
+            async with asyncio.timeout(30):
+                while not await store.waiting_in_request(str(sent.request_id)):
+                    await asyncio.sleep(0.1)
+        finally:
+            await store.close()
+        scope, _, name = files[0].did.partition(":")
+        payload = {"request-id": "r", "scope": scope, "name": name, "dst-rse": "NOTEBOOK"}
+        await _hermes(
+            broker.url(), "transfer-done", payload
+        )  # not AVAILABLE yet: retried
+        await asyncio.sleep(0.1)
+        catalog.make_available(files[0].did, "NOTEBOOK")
+        _place(stack, catalog.available[files[0].did, "NOTEBOOK"])
+        result = await await_request(sent.request_id, timeout=15,
+                                     settings=_bus(broker.url("alice")))  # fmt: skip
+    assert result.ok, result

@@ -34,6 +34,9 @@ log = structlog.get_logger(__name__)
 SLOW_S = 1.0  # a message handled slower than this is logged at info, the others at debug
 ATTEMPT_HEADER = "x-dlaas-attempt"
 REASON_HEADER = "x-dlaas-reason"
+# the routing key a message was first published with: retry and parked queues give it back
+# through the default exchange, under the queue's name (hermes's key names its instance)
+ROUTING_KEY_HEADER = "x-dlaas-routing-key"
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,12 @@ def _reason(exc: BaseException) -> str:
         )
         return f"malformed {exc.title}: {errors}"[:1000]
     return f"{type(exc).__name__}: {exc}"[:1000]
+
+
+def original_routing_key(message: AbstractIncomingMessage) -> str | None:
+    """The routing key the message was first published with, across retries."""
+    kept = (message.headers or {}).get(ROUTING_KEY_HEADER)
+    return str(kept) if kept else message.routing_key
 
 
 def _attempt(headers: Mapping[str, object] | None) -> int:
@@ -204,7 +213,7 @@ class Consumer:
             message_id=message.message_id,
             correlation_id=message.correlation_id,
             user_id=message.user_id,
-            routing_key=message.routing_key,
+            routing_key=original_routing_key(message),
             redelivered=bool(message.redelivered),
         )
         return decoded.kind, await self._call(handler, decoded.model, delivery, message)
@@ -253,9 +262,10 @@ class Consumer:
             for k, v in (message.headers or {}).items()
             if not k.startswith("x-death")
         }
+        first_key = {ROUTING_KEY_HEADER: original_routing_key(message) or ""}
         return aio_pika.Message(
             body=message.body,
-            headers={**kept, **headers},
+            headers={**kept, **first_key, **headers},
             content_type=message.content_type,
             content_encoding=message.content_encoding,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
@@ -301,7 +311,7 @@ class Consumer:
             {
                 REASON_HEADER: reason,
                 "x-dlaas-queue": self.spec.name,
-                "x-dlaas-routing-key": message.routing_key or "",
+                ROUTING_KEY_HEADER: original_routing_key(message) or "",
                 "x-dlaas-dead-lettered-at": datetime.now(UTC).isoformat(),
             },
         )

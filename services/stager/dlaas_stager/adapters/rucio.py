@@ -27,6 +27,7 @@ _SIZES_KEPT = (
     10_000  # DIDs whose file count is remembered between list_files and add_rules
 )
 _DIDS_NAMED = 10  # DIDs named in a refusal; the rest counted
+_DIDS_PER_CALL = 1000  # Rucio's schema: at most 1,000 DIDs in one list_replicas
 
 # Rucio exceptions that retrying cannot fix, by class name (rucio.common.exception).
 _PERMANENT = frozenset(
@@ -305,19 +306,31 @@ class RucioCatalog:
                 raise
 
     async def replicas_at(self, dids: Sequence[str], rse: str) -> dict[str, Replica]:
-        """AVAILABLE replicas at ``rse`` of the files of ``dids`` (one bulk call)."""
-        wanted = [_did_dict(d) for d in dids]
+        """AVAILABLE replicas at ``rse`` of the files of ``dids`` (one bulk call per 1,000).
 
-        def listed(client: Any) -> dict[str, Replica]:
-            # sort="random": no sort makes the server try GeoIP for every replica;
-            # each streamed row becomes a Replica at once (no list of Rucio's dicts)
-            rows: Iterable[dict[str, Any]] = client.list_replicas(
-                wanted, schemes=["root"], rse_expression=rse, sort="random"
-            )
-            replicas = (_replica(row, rse) for row in rows)
-            return {r.did: r for r in replicas}
+        Rucio's schema takes at most 1,000 DIDs per list_replicas (``r_dids``): a rule's
+        10,000 waiting files are asked in ten calls.
+        """
+        found: dict[str, Replica] = {}
+        for start in range(0, len(dids), _DIDS_PER_CALL):
+            wanted = [_did_dict(d) for d in dids[start : start + _DIDS_PER_CALL]]
+            found |= await self._call("list_replicas", _list_replicas(wanted, rse))
+        return found
 
-        return await self._call("list_replicas", listed)
+
+def _list_replicas(
+    wanted: list[dict[str, str]], rse: str
+) -> Callable[[Any], dict[str, Replica]]:
+    def listed(client: Any) -> dict[str, Replica]:
+        # sort="random": no sort makes the server try GeoIP for every replica;
+        # each streamed row becomes a Replica at once (no list of Rucio's dicts)
+        rows: Iterable[dict[str, Any]] = client.list_replicas(
+            wanted, schemes=["root"], rse_expression=rse, sort="random"
+        )
+        replicas = (_replica(row, rse) for row in rows)
+        return {r.did: r for r in replicas}
+
+    return listed
 
 
 def _lock_did(lock: dict[str, Any]) -> str:
