@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -18,7 +16,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
-from dlaas.errors import TransientError, is_transaction_conflict
+from dlaas.db import (
+    BUSY_TIMEOUT_S,
+    LoopSqlite,
+    add_missing_columns,
+    is_file,
+    is_memory,
+    run_in_transaction,
+    sqlite_pragmas,
+)
 
 metadata = sa.MetaData()
 requests_t = sa.Table(
@@ -35,17 +41,6 @@ requests_t = sa.Table(
     sa.Column("last_step", sa.Integer, nullable=False, default=0),
     sa.Column("last_progress_at", sa.Float),
 )
-
-
-def _add_missing_columns(conn: sa.Connection) -> None:
-    for table in metadata.sorted_tables:
-        have = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
-        for column in table.columns:
-            if column.name not in have and column.nullable:
-                kind = column.type.compile(conn.dialect)
-                conn.execute(
-                    sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
-                )
 
 
 facts_t = sa.Table(
@@ -79,86 +74,25 @@ outbox_t = sa.Table(
 )
 
 InsertFn = Callable[[sa.Table], Any]
-_MEMORY = ("sqlite+aiosqlite://", "sqlite+aiosqlite:///:memory:")
 T = TypeVar("T")
-BUSY_TIMEOUT_S = 60  # a writer waits this long for another's lock, then fails
-
-
-def _sqlite_pragmas(connection: Any, _: object) -> None:  # noqa: ANN401  (DB-API connection)
-    """WAL: readers never block the writer; FULL: a commit is on disk before an ack."""
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.close()
-
-
-def _wrote(conn: sa.Connection) -> bool:
-    """Whether SQLite has a write transaction open (reads alone never open one)."""
-    return bool(conn.connection.dbapi_connection.in_transaction)  # type: ignore[union-attr]
-
-
-class LoopSqlite:
-    """A local SQLite file written in batches from the event loop's own thread.
-
-    Through aiosqlite every statement is several round trips to its thread, each a GIL
-    hand-over; a batch of a few statements is microseconds of SQLite, cheaper run in
-    place. It never waits for a lock on the loop: the lock is tried without waiting, and
-    while another connection holds it the loop sleeps and the batch is tried again.
-    """
-
-    def __init__(self, url: str) -> None:
-        self.engine = sa.create_engine(
-            url.replace("sqlite+aiosqlite:", "sqlite+pysqlite:", 1),
-            connect_args={"timeout": 0, "check_same_thread": False},
-        )
-        sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-        self._committer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-commit")
-
-    async def run(self, work: Callable[[sa.Connection], T]) -> T:
-        """Run ``work`` in one transaction, committed (on disk) when it returns."""
-        deadline = time.monotonic() + BUSY_TIMEOUT_S
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                with self.engine.connect() as conn:
-                    transaction = conn.begin()
-                    result = work(conn)
-                    if _wrote(
-                        conn
-                    ):  # the commit waits for the disk (fsync): off the loop
-                        await loop.run_in_executor(self._committer, transaction.commit)
-                    else:
-                        transaction.commit()  # nothing written: nothing to wait for
-                    return result
-            except sa.exc.OperationalError as exc:
-                if "locked" not in str(exc.orig) or time.monotonic() > deadline:
-                    raise
-            await asyncio.sleep(0.005)
-
-    def close(self) -> None:
-        """Release the connection."""
-        self.engine.dispose()
-        self._committer.shutdown()
 
 
 class Database:
     """An engine and its dialect's INSERT; in memory, one shared connection used in turn."""
 
     def __init__(self, url: str) -> None:
-        self.memory = url in _MEMORY
+        self.memory = is_memory(url)
         self.engine: AsyncEngine = (
             create_async_engine(url, poolclass=StaticPool)
             if self.memory
             else create_async_engine(
                 url,
-                **(
-                    {"connect_args": {"timeout": BUSY_TIMEOUT_S}} if _is_file(url) else {}
-                ),
+                **({"connect_args": {"timeout": BUSY_TIMEOUT_S}} if is_file(url) else {}),
             )
         )
-        self._local = LoopSqlite(url) if _is_file(url) and not self.memory else None
-        if _is_file(url) and not self.memory:
-            sa.event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self._local = LoopSqlite(url) if is_file(url) and not self.memory else None
+        if is_file(url) and not self.memory:
+            sa.event.listen(self.engine.sync_engine, "connect", sqlite_pragmas)
         self.insert: InsertFn = (
             postgresql.insert if url.startswith("postgresql") else sqlite.insert
         )
@@ -189,26 +123,16 @@ class Database:
         """Run ``work`` (plain SQLAlchemy) in one transaction, committed when it returns."""
         if self._local is not None:
             return await self._local.run(work)
-        try:
-            async with self.begin() as conn:
-                return await conn.run_sync(work)
-        except sa.exc.DBAPIError as exc:
-            if is_transaction_conflict(exc):  # aborted for another: the batch is retried
-                raise TransientError(f"database conflict: {exc.orig}") from exc
-            raise
+        return await run_in_transaction(self.begin, work)
 
     async def create_tables(self) -> None:
         """Create the tables if missing, and the nullable columns added since."""
         async with self.begin() as conn:
             await conn.run_sync(metadata.create_all)
-            await conn.run_sync(_add_missing_columns)
+            await conn.run_sync(add_missing_columns, metadata.sorted_tables)
 
     async def close(self) -> None:
         """Release connections."""
         if self._local is not None:
             self._local.close()
         await self.engine.dispose()
-
-
-def _is_file(url: str) -> bool:
-    return url.startswith("sqlite") and url not in _MEMORY

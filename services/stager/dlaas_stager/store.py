@@ -16,14 +16,15 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from dlaas.errors import TransientError, is_transaction_conflict
-from dlaas.grouping import GroupRunner
-from dlaas_stager.local_sqlite import (
+from dlaas.db import (
     BUSY_TIMEOUT_S,
     LoopSqlite,
+    add_missing_columns,
     is_file,
+    run_in_transaction,
     sqlite_pragmas,
 )
+from dlaas.grouping import GroupRunner
 from dlaas_stager.tables import (
     CANCELLED,
     FAILED,
@@ -75,18 +76,6 @@ INSERT_CHUNK = 5_000  # rows of a request's files built and inserted at a time
 _WaitingRow = sa.Select[
     str, str, str | None, str, str, str, str | None, str | None, str, str
 ]
-
-
-def _add_missing_columns(conn: sa.Connection) -> None:
-    """Columns added since a store was created (nullable ones: an ALTER TABLE each)."""
-    for table in (requests_t, files_t):
-        have = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
-        for column in table.columns:
-            if column.name not in have and column.nullable:
-                kind = column.type.compile(conn.dialect)
-                conn.execute(
-                    sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
-                )
 
 
 _c = files_t.c
@@ -161,13 +150,7 @@ class Store:
         """Run a batch's work in one transaction, committed when it returns."""
         if self._local is not None:
             return await self._local.run(work)
-        try:
-            async with self.engine.begin() as conn:
-                return await conn.run_sync(work)
-        except sa.exc.DBAPIError as exc:
-            if is_transaction_conflict(exc):  # aborted for another: the batch is retried
-                raise TransientError(f"database conflict: {exc.orig}") from exc
-            raise
+        return await run_in_transaction(self.engine.begin, work)
 
     async def init(self) -> None:
         """Create the tables (and indexes added since) if missing."""
@@ -175,7 +158,7 @@ class Store:
             await conn.run_sync(metadata.create_all)
             for index in files_t.indexes:
                 await conn.run_sync(index.create, checkfirst=True)
-            await conn.run_sync(_add_missing_columns)
+            await conn.run_sync(add_missing_columns, (requests_t, files_t))
 
     async def close(self) -> None:
         """Release connections."""

@@ -3,72 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from types import ModuleType
-from typing import Protocol
 
 from dlaas.bus.metrics import EXTERNAL_CALLS
 from dlaas.errors import PermanentError, TransientError
+from dlaas.xrootd_client import check, client, configure_client, seconds
 from dlaas_cache_router.ports import ReadResult
 
-# Process-wide client settings. Without them a dead server hangs a call for a minute or
-# more, a timeout fires only every 15 s (TimeoutResolution), and a server that restarted is
-# still refused for 30 min (StreamErrorWindow: the client remembers a failed connection).
-CLIENT_SETTINGS = {
-    "ConnectionWindow": 2,
-    "ConnectionRetry": 1,
-    "RequestTimeout": 10,
-    "TimeoutResolution": 1,
-    "StreamErrorWindow": 1,
-}
 _CHUNK = 8 * 1024 * 1024
-_NOT_FOUND = 3011  # kXR_NotFound
-
-
-class _Status(Protocol):
-    ok: bool
-    errno: int
-    message: str
-
-
-def _client() -> ModuleType:
-    from XRootD import client  # noqa: PLC0415 - reads XRD_* settings at import: not at ours
-
-    return client  # type: ignore[no-any-return]
-
-
-def configure_client() -> None:
-    """Apply :data:`CLIENT_SETTINGS` (XRD_* variables already set take precedence)."""
-    client = _client()
-    for key, value in CLIENT_SETTINGS.items():
-        client.EnvPutInt(key, value)
-
-
-def _seconds(deadline: float) -> int:
-    """The XRootD client's timeouts are whole seconds, at least one."""
-    return max(1, math.ceil(deadline - time.monotonic()))
-
-
-def _check(status: _Status, url: str) -> None:
-    if status.ok:
-        return
-    if status.errno == _NOT_FOUND:
-        raise PermanentError(f"{url}: {status.message}")
-    raise TransientError(f"{url}: {status.message}")
 
 
 def _query_version(cache: str, timeout_s: float) -> str | None:
     from XRootD.client.flags import QueryCode  # noqa: PLC0415 - see _client
 
     status, _ = (
-        _client()
+        client()
         .FileSystem(cache)
-        .query(
-            QueryCode.CONFIG, "version", timeout=_seconds(time.monotonic() + timeout_s)
-        )
+        .query(QueryCode.CONFIG, "version", timeout=seconds(time.monotonic() + timeout_s))
     )
     return None if status.ok else str(status.message)
 
@@ -76,14 +29,14 @@ def _query_version(cache: str, timeout_s: float) -> str | None:
 def _read_all(url: str, timeout_s: float) -> ReadResult:
     deadline = time.monotonic() + timeout_s
     adler, offset = 1, 0
-    with _client().File() as remote:
-        status, _ = remote.open(url, timeout=_seconds(deadline))
-        _check(status, url)
+    with client().File() as remote:
+        status, _ = remote.open(url, timeout=seconds(deadline))
+        check(status, url)
         while True:
             if time.monotonic() > deadline:
                 raise TransientError(f"{url}: read took over {timeout_s} s")
-            status, data = remote.read(offset, _CHUNK, timeout=_seconds(deadline))
-            _check(status, url)
+            status, data = remote.read(offset, _CHUNK, timeout=seconds(deadline))
+            check(status, url)
             if not data:
                 return ReadResult(offset, f"{adler & 0xFFFFFFFF:08x}")
             adler = zlib.adler32(data, adler)

@@ -9,33 +9,18 @@ nothing.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
-from typing import Protocol
 
-from dlaas.errors import PermanentError, TransientError
+from dlaas import xrootd_client
+from dlaas.errors import TransientError
 
 _CHUNK = 8 * 1024 * 1024
-_NOT_FOUND = 3011  # kXR_NotFound
-# without these a dead server hangs a call for minutes (see the cache router's client)
-CLIENT_SETTINGS = {
-    "ConnectionWindow": 2,
-    "ConnectionRetry": 1,
-    "RequestTimeout": 30,
-    "TimeoutResolution": 1,
-    "StreamErrorWindow": 1,
-}
-
-
-class _Status(Protocol):
-    ok: bool
-    errno: int
-    message: str
+# a whole file may take long to read: calls wait longer than the cache router's probes
+REQUEST_TIMEOUT_S = 30
 
 
 @dataclass(frozen=True)
@@ -47,29 +32,9 @@ class Copied:
     copied: bool
 
 
-def _client() -> ModuleType:
-    from XRootD import client  # noqa: PLC0415 - reads XRD_* settings at import: not at ours
-
-    return client  # type: ignore[no-any-return]
-
-
 def configure_client() -> None:
-    """Apply :data:`CLIENT_SETTINGS` (XRD_* variables already set take precedence)."""
-    client = _client()
-    for key, value in CLIENT_SETTINGS.items():
-        client.EnvPutInt(key, value)
-
-
-def _seconds(deadline: float) -> int:
-    return max(1, math.ceil(deadline - time.monotonic()))
-
-
-def _check(status: _Status, url: str) -> None:
-    if status.ok:
-        return
-    if status.errno == _NOT_FOUND:
-        raise PermanentError(f"{url}: {status.message}")
-    raise TransientError(f"{url}: {status.message}")
+    """The shared client settings, with a longer request timeout for whole files."""
+    xrootd_client.configure_client({"RequestTimeout": REQUEST_TIMEOUT_S})
 
 
 def _hex(adler: int) -> str:
@@ -124,14 +89,19 @@ def download(
     partial = view.with_name(f".{view.name}.dlaas-part")
     adler, offset = 1, 0
     try:
-        with _client().File() as remote, os.fdopen(_open_private(partial), "wb") as out:
-            status, _ = remote.open(url, timeout=_seconds(deadline))
-            _check(status, url)
+        with (
+            xrootd_client.client().File() as remote,
+            os.fdopen(_open_private(partial), "wb") as out,
+        ):
+            status, _ = remote.open(url, timeout=xrootd_client.seconds(deadline))
+            xrootd_client.check(status, url)
             while True:
                 if time.monotonic() > deadline:
                     raise TransientError(f"{url}: copy took over {timeout_s} s")
-                status, data = remote.read(offset, _CHUNK, timeout=_seconds(deadline))
-                _check(status, url)
+                status, data = remote.read(
+                    offset, _CHUNK, timeout=xrootd_client.seconds(deadline)
+                )
+                xrootd_client.check(status, url)
                 if not data:
                     break
                 out.write(data)

@@ -1,4 +1,6 @@
-"""A local SQLite file written in batches from the event loop's own thread.
+"""What the services' stores share: batches run in one transaction, SQLite on the loop.
+
+A local SQLite file is written in batches from the event loop's own thread.
 
 Through aiosqlite every statement is several round trips to its thread, each a GIL
 hand-over that a busy loop makes slow; a batch of a few statements is microseconds of
@@ -11,15 +13,24 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from dlaas.errors import TransientError, is_transaction_conflict
 
 T = TypeVar("T")
 BUSY_TIMEOUT_S = 60  # a writer waits this long for another's lock, then fails
 _MEMORY = ("sqlite+aiosqlite://", "sqlite+aiosqlite:///:memory:")
+
+
+def is_memory(url: str) -> bool:
+    """Whether ``url`` is an in-memory SQLite database."""
+    return url in _MEMORY
 
 
 def is_file(url: str) -> bool:
@@ -76,3 +87,33 @@ class LoopSqlite:
         """Release the connection."""
         self.engine.dispose()
         self._committer.shutdown()
+
+
+async def run_in_transaction(
+    begin: Callable[[], AbstractAsyncContextManager[AsyncConnection]],
+    work: Callable[[sa.Connection], T],
+) -> T:
+    """Run ``work`` (plain SQLAlchemy) in one transaction of ``begin``.
+
+    A transaction PostgreSQL aborted for a concurrent one (deadlock, serialization failure)
+    is a TransientError: the batch is retried.
+    """
+    try:
+        async with begin() as conn:
+            return await conn.run_sync(work)
+    except sa.exc.DBAPIError as exc:
+        if is_transaction_conflict(exc):
+            raise TransientError(f"database conflict: {exc.orig}") from exc
+        raise
+
+
+def add_missing_columns(conn: sa.Connection, tables: Iterable[sa.Table]) -> None:
+    """Columns added since a store was created (nullable ones: an ALTER TABLE each)."""
+    for table in tables:
+        have = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in have and column.nullable:
+                kind = column.type.compile(conn.dialect)
+                conn.execute(
+                    sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+                )
