@@ -158,16 +158,16 @@ async def test_notifier_facts_count_once_and_are_told_once(db_url: str) -> None:
             store.record(_note(other, "file-ready", "s:f0", bytes=1), 2.0),
         )
         assert [r.first for r in recorded] == [True, True, True, True, False, True, True]
-        assert not any(r.notified for r in recorded)
         state = recorded[0].state
         assert (state.files_total, state.files_ready, state.files_failed) == (4, 3, 1)
         assert (state.bytes_ready, state.started_at) == (30, 1.0)
         assert recorded[-1].state.files_ready == 1
         await asyncio.gather(*(store.mark_notified(n) for n in ready[:2]))
         again = await asyncio.gather(*(store.record(n, 4.0) for n in ready))
-        assert [(r.first, r.notified) for r in again] == [
-            (False, True), (False, True), (False, False),
-        ]  # fmt: skip
+        assert [r.first for r in again] == [False, False, False]
+        # told ones are not taken again; the untold one is, once
+        taken = await asyncio.gather(*(store.claim_notify(n) for n in [*ready, ready[2]]))
+        assert taken == [False, False, True, False]
         assert again[0].state.files_ready == 3
     finally:
         await db.close()

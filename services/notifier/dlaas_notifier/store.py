@@ -27,7 +27,6 @@ class Recorded:
     """The outcome of recording a fact."""
 
     first: bool  # never seen before (counted now)
-    notified: bool  # already told on the notebook channel
     state: RequestState
 
 
@@ -99,7 +98,6 @@ _FACTS = sa.and_(
     _fc.key.in_(sa.bindparam("keys", expanding=True)),
     sa.tuple_(_fc.request_id, _fc.key).in_(sa.bindparam("pairs", expanding=True)),
 )
-_NOTIFIED = sa.select(_fc.request_id, _fc.key).where(_FACTS, _fc.notified.is_(True))
 _MARK = facts_t.update().where(_FACTS).values(notified=True, told=True)
 _TOLD = sa.select(_fc.told).where(
     _fc.request_id == sa.bindparam("rid"), _fc.key == sa.bindparam("key")
@@ -122,15 +120,6 @@ def _facts(keys: Sequence[tuple[str, str]]) -> dict[str, list[Any]]:
         "keys": sorted({key for _, key in keys}),
         "pairs": sorted(set(keys)),
     }
-
-
-def _notified(
-    conn: sa.Connection, keys: Sequence[tuple[str, str]]
-) -> set[tuple[str, str]]:
-    """Which of these facts were already told on the notebook channel."""
-    if not keys:
-        return set()
-    return {(rid, key) for rid, key in conn.execute(_NOTIFIED, _facts(keys))}
 
 
 def _mark_notified(conn: sa.Connection, keys: Sequence[tuple[str, str]]) -> list[None]:
@@ -222,12 +211,11 @@ class Store:
         )
         new = {(rid, key) for rid, key in inserted.all()}
         _count(conn, [facts[k] for k in new])
-        notified = _notified(conn, [k for k in facts if k not in new])
         states = _states(conn, list(users))
         answers = []
         for note, _ in items:
             key = (str(note.request_id), fact_key(note))
-            answers.append(Recorded(key in new, key in notified, states[key[0]]))
+            answers.append(Recorded(key in new, states[key[0]]))
             new.discard(key)  # a repeat within the batch is not first
         return answers
 
