@@ -26,6 +26,7 @@ from bench.common import (
 )
 from bench.profile import sampling
 from bench.variants import Variant
+from dlaas.bus import batch
 from dlaas_devstack import _proc
 from dlaas_devstack.broker import Vhost
 
@@ -92,11 +93,12 @@ async def _drive(
     await channel.set_qos(prefetch_count=200)
 
     async def on_message(message: AbstractIncomingMessage) -> None:
-        did = variant.did_in(message.body)
-        if did is not None:
-            received.setdefault(did, time.time())
-            if len(received) >= n:
-                done.set()
+        for _, body in batch.unbatch(message):  # several files may share one
+            did = variant.did_in(body)
+            if did is not None:
+                received.setdefault(did, time.time())
+        if len(received) >= n:
+            done.set()
         await message.ack()
 
     queue = await channel.get_queue(sink_queue)

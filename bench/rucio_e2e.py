@@ -34,7 +34,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from bench.common import Quantiles, load_average, throwaway_vhost, wait_logged, workspace
 from bench.stager_rucio import _drop
-from dlaas.bus import topology
+from dlaas.bus import batch, topology
 from dlaas.bus.connection import Bus
 from dlaas.contracts import RequestAccepted, RequestFailed, RuleRequested
 from dlaas.settings import BusSettings
@@ -129,7 +129,12 @@ class _Listener:
     over: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def on_note(self, message: AbstractIncomingMessage) -> None:
-        note, now = json.loads(message.body), time.time()
+        now = time.time()
+        for _, body in batch.unbatch(message):  # notes told together share a message
+            self._on_note(json.loads(body), now)
+        await message.ack()
+
+    def _on_note(self, note: dict[str, Any], now: float) -> None:
         if note.get("request_id") == self.request_id:
             kind = str(note.get("kind"))
             self.counts[kind] = self.counts.get(kind, 0) + 1
@@ -138,7 +143,6 @@ class _Listener:
             if kind in {"completed", "failed"}:
                 self.ended.setdefault(kind, now)
                 self.over.set()
-        await message.ack()
 
     async def on_hermes(self, message: AbstractIncomingMessage) -> None:
         """When hermes' ``transfer-done`` of each file reached the broker."""
@@ -149,9 +153,10 @@ class _Listener:
         await message.ack()
 
     async def on_answer(self, message: AbstractIncomingMessage) -> None:
-        body = json.loads(message.body)
-        if body.get("request_id") == self.request_id and not self.accepted.done():
-            self.accepted.set_result(body)
+        for _, raw in batch.unbatch(message):
+            body = json.loads(raw)
+            if body.get("request_id") == self.request_id and not self.accepted.done():
+                self.accepted.set_result(body)
         await message.ack()
 
     async def until_ended(self, timeout: float) -> None:

@@ -36,7 +36,7 @@ from typing import Any
 import aio_pika
 
 from bench.common import load_average, throwaway_vhost, wait_logged, workspace
-from dlaas.bus import topology
+from dlaas.bus import batch, topology
 from dlaas.bus.connection import Bus
 from dlaas.contracts import RequestAccepted, RequestFailed, RuleRequested
 from dlaas.settings import BusSettings
@@ -180,9 +180,10 @@ async def _answer(queue: Any, request_id: str, timeout: float) -> dict[str, Any]
     async with asyncio.timeout(timeout), queue.iterator() as messages:
         async for message in messages:
             async with message.process():
-                body = json.loads(message.body)
-            if body.get("request_id") == request_id:
-                return dict(body)
+                bodies = [json.loads(raw) for _, raw in batch.unbatch(message)]
+            for body in bodies:
+                if body.get("request_id") == request_id:
+                    return dict(body)
     raise TimeoutError
 
 

@@ -13,9 +13,11 @@ import logging
 from collections.abc import Sequence
 
 import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.exceptions import AMQPException
 
-from dlaas.bus import topology
+from dlaas.bus import batch, topology
+from dlaas.errors import MessageRejectedError
 from dlaas.settings import BusSettings
 from dlaas_jupyter.relay import Relay
 
@@ -51,8 +53,17 @@ async def consume_once(relay: Relay, settings: BusSettings) -> None:
             async for message in messages:
                 # Acked whatever it holds: a body we cannot read will not read better later.
                 async with message.process(ignore_processed=True):
-                    relay.receive(message.body)
+                    for body in _bodies(message):
+                        relay.receive(body)
     raise LinkLostError("the broker closed the connection")
+
+
+def _bodies(message: AbstractIncomingMessage) -> list[bytes]:
+    """The notifications a message holds: several that happened together share one."""
+    try:
+        return [body for _, body in batch.unbatch(message)]
+    except MessageRejectedError:
+        return [message.body]  # the relay drops what it cannot read
 
 
 async def consume(

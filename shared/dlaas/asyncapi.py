@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from dlaas.bus import topology
+from dlaas.bus import batch, topology
 from dlaas.contracts import EVENT_TYPES, Event, Notification
 from dlaas.contracts.hermes import HERMES_OTHER_TYPES, HERMES_PAYLOADS, HermesEnvelope
 
@@ -67,7 +67,7 @@ def channels() -> list[Channel]:
             id=f"events.{model.routing_key()}",
             exchange=topology.EVENTS,
             address=model.routing_key(),
-            messages={model.__name__: model.event_type},
+            messages={model.__name__: model.event_type, BATCH: batch.BATCH_TYPE},
             senders=senders(model),
             description=(model.__doc__ or "").strip(),
         )
@@ -79,7 +79,10 @@ def channels() -> list[Channel]:
             id="notify.user",
             exchange=topology.NOTIFY,
             address="user.{user}.{request_id}",
-            messages={Notification.__name__: Notification.event_type},
+            messages={
+                Notification.__name__: Notification.event_type,
+                BATCH: batch.BATCH_TYPE,
+            },
             senders=(Notification.producer,),
             description="Notifications for one user about one request: their inbox "
             f"({topology.inbox('{user}').name}) and their live clients bind user.{{user}}.*",
@@ -141,7 +144,40 @@ def _schemas() -> dict[str, Any]:
     return schemas
 
 
+BATCH = "Batch"  # the message name of dlaas.bus.batch's envelope
+
+
+def _batch_message() -> dict[str, Any]:
+    item = {
+        "type": "object",
+        "required": ["type", "body"],
+        "properties": {
+            "type": {"type": "string", "description": "The event's AMQP type"},
+            "message_id": {"type": ["string", "null"], "description": "Its event id"},
+            "correlation_id": {"type": ["string", "null"]},
+            "body": {"type": "object", "description": "The event, as alone"},
+        },
+    }
+    return {
+        "name": BATCH,
+        "title": batch.BATCH_TYPE,
+        "summary": "Several events of this channel that happened together, in one message",
+        "description": (batch.__doc__ or "").strip(),
+        "contentType": "application/json",
+        "payload": {
+            "type": "object",
+            "required": ["events"],
+            "properties": {"events": {"type": "array", "minItems": 1, "items": item}},
+        },
+        "bindings": {
+            "amqp": {"messageType": batch.BATCH_TYPE, "bindingVersion": AMQP_BINDING}
+        },
+    }
+
+
 def _event_message(name: str, event_type: str) -> dict[str, Any]:
+    if event_type == batch.BATCH_TYPE:
+        return _batch_message()
     model = EVENT_TYPES[event_type]
     return {
         "name": name,
@@ -258,8 +294,10 @@ def document() -> dict[str, Any]:
             "description": (
                 "Events of DataLake-as-a-Service for Rucio. Every message is persistent, "
                 "published with confirms; the AMQP type property carries the versioned event "
-                "type. Malformed or unknown messages go to <queue>.dlq with x-dlaas-reason; "
-                "transient failures wait in <queue>.retry.<n>."
+                "type. Events of one channel that happen together may share one message "
+                f"of type {batch.BATCH_TYPE} (the Batch message; read it with "
+                "dlaas.bus.batch.unbatch). Malformed or unknown messages go to <queue>.dlq "
+                "with x-dlaas-reason; transient failures wait in <queue>.retry.<n>."
             ),
         },
         "defaultContentType": "application/json",

@@ -45,3 +45,22 @@ def configure_logging(*, json: bool | None = None, level: str = "INFO") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=as_json,
     )
+
+
+class bound:  # noqa: N801  (used as structlog's bound_contextvars is)
+    """Bind context variables for the block, then restore what was there.
+
+    What ``structlog.contextvars.bound_contextvars`` does, without copying the whole
+    context on entry: it runs several times per message on the hot path.
+    """
+
+    __slots__ = ("_tokens", "_values")
+
+    def __init__(self, **values: object) -> None:
+        self._values = values
+
+    def __enter__(self) -> None:
+        self._tokens = structlog.contextvars.bind_contextvars(**self._values)
+
+    def __exit__(self, *_: object) -> None:
+        structlog.contextvars.reset_contextvars(**self._tokens)

@@ -54,8 +54,20 @@ class BusSettings(BaseModel):
         description="AMQP URL (amqps:// for TLS); the login is the user's identity",
     )
     prefetch: int = Field(default=50, ge=1, description="Unacked messages per consumer")
+    handlers: int = Field(
+        default=100,
+        ge=1,
+        description="Handlers running at once per consumer, the events of batches included "
+        "(bounds memory and concurrency whatever the batch size)",
+    )
     max_message_bytes: int = Field(
         default=1_000_000, ge=1024, description="Larger bodies are dead-lettered"
+    )
+    batch_max_events: int = Field(
+        default=100,
+        ge=1,
+        description="Events of one kind published in the same moment travel together in "
+        "one message, at most this many (a consumer handles each on its own); 1: never",
     )
     retry_delays_s: tuple[float, ...] = Field(
         default=(1.0, 5.0, 30.0, 120.0),

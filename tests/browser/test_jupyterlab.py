@@ -346,8 +346,8 @@ async def test_jupyterlab_shows_dlaas_notifications(
     assert not any(OTHER_TEXT in t or SPOOFED_TEXT in t for t in toasts), toasts
     assert len(toasts) == 3, toasts  # one notification per request
     assert not [e for e in last["errors"] if "dlaas" in e], last["errors"]
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(screenshot, SCREENSHOT)
+    if os.environ.get("DLAAS_UPDATE_DOCS"):  # the README's picture; a plain run leaves it
+        shutil.copyfile(screenshot, SCREENSHOT)
 
     # What the relay kept: carol's, each once, in order.
     async with httpx.AsyncClient(timeout=10) as http:

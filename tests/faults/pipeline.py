@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import aio_pika
 import sqlalchemy as sa
@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from bench.common import RSE, USER, did_of, spawn_python, wait_logged
 from bench.inject import inject
 from bench.variants import SERVICES, record_request
-from dlaas.bus import topology
+from dlaas.bus import batch, topology
 from dlaas.settings import BusSettings
 from dlaas_devstack import _proc
 from dlaas_notifier.tables import Database
@@ -269,11 +269,16 @@ class Inbox:
             await self._connection.close()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        note = json.loads(message.body)
-        if message.message_id in self._seen:
-            await message.ack()
+        for _, body in batch.unbatch(message):  # notes told together share a message
+            self._on_note(json.loads(body))
+        self._changed.set()
+        await message.ack()
+
+    def _on_note(self, note: dict[str, Any]) -> None:
+        # a repeat of one message (the same event id, a redelivery) is folded
+        if note.get("event_id") in self._seen:
             return
-        self._seen.add(message.message_id or "")
+        self._seen.add(str(note.get("event_id")))
         if note.get("kind") == "file-ready" and note.get("did") in self._wanted:
             if note["did"] not in self.told.ready:
                 self.told.arrivals.append(time.monotonic())
@@ -284,8 +289,6 @@ class Inbox:
             self.burst.requests
         ):
             self.told.completed[note["request_id"]] += 1
-        self._changed.set()
-        await message.ack()
 
     def ready_count(self) -> int:
         """Files told ready so far."""

@@ -26,7 +26,7 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage
 from prometheus_client import REGISTRY
 
-from dlaas.bus import topology
+from dlaas.bus import batch, topology
 from dlaas.client.api import StageResult, astage
 from dlaas.contracts import Notification, RuleRequested
 from dlaas.settings import BusSettings
@@ -56,7 +56,9 @@ class Told:
         self.notes: list[Notification] = []
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
-        self.notes.append(Notification.model_validate_json(message.body))
+        self.notes += [
+            Notification.model_validate_json(body) for _, body in batch.unbatch(message)
+        ]
 
     def of(self, request_id: uuid.UUID) -> list[Notification]:
         """Notifications of one request."""

@@ -19,7 +19,7 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-from dlaas.bus import topology
+from dlaas.bus import batch, topology
 from dlaas.bus.connection import Bus
 from dlaas.contracts import CacheMiss, FileReady, FileStaged
 from dlaas.settings import BusSettings
@@ -142,7 +142,8 @@ async def spy(url: str, *keys: str) -> AsyncIterator[asyncio.Queue[bytes]]:
             await queue.bind(topology.EVENTS, key)
 
         async def keep(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            await received.put(message.body)
+            for _, body in batch.unbatch(message):
+                await received.put(body)
             await message.ack()
 
         await queue.consume(keep)

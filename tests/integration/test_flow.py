@@ -9,7 +9,7 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-from dlaas.bus import topology
+from dlaas.bus import batch, topology
 from dlaas.bus.consumer import ATTEMPT_HEADER
 from dlaas.client.api import StageResult, astage, await_request
 from dlaas.contracts import FileVisible, Notification
@@ -66,13 +66,15 @@ def _place(stack: Stack, pfn: str) -> None:
     path.write_bytes(b"x" * 100)
 
 
-async def _spy(url: str, user: str) -> aio_pika.abc.AbstractQueue:
-    """A queue bound to everything ``user`` may receive."""
+async def _spy(
+    url: str, user: str
+) -> tuple[aio_pika.abc.AbstractConnection, aio_pika.abc.AbstractQueue]:
+    """A queue bound to everything ``user`` may receive (close the connection after)."""
     connection = await aio_pika.connect(url)
     channel = await connection.channel()
     queue = await channel.declare_queue(exclusive=True)
     await queue.bind(topology.NOTIFY, f"user.{topology.user_segment(user)}.#")
-    return queue
+    return connection, queue
 
 
 async def test_stage_request_reaches_its_user_only(broker: Vhost, tmp_path: Path) -> None:
@@ -85,7 +87,7 @@ async def test_stage_request_reaches_its_user_only(broker: Vhost, tmp_path: Path
             _place(
                 stack, catalog.available[info.did, "TMP"].replace("/tmp/", "/notebook/")
             )
-        bob = await _spy(broker.url("bob"), "bob")
+        bobs, bob = await _spy(broker.url("bob"), "bob")
         spying = await aio_pika.connect(broker.url())
         visible = await (await spying.channel()).declare_queue(exclusive=True)
         await visible.bind(topology.EVENTS, FileVisible.routing_key())
@@ -122,10 +124,13 @@ async def test_stage_request_reaches_its_user_only(broker: Vhost, tmp_path: Path
         )
         await asyncio.gather(*tasks)
         # the node travels with every file; no agent runs there: the shared queue took them
-        nodes = [
-            FileVisible.model_validate_json(m.body).node
-            for m in [await visible.get() for _ in files]
-        ]
+        nodes: list[str | None] = []
+        while len(nodes) < len(files):
+            message = await visible.get()
+            nodes += [
+                FileVisible.model_validate_json(body).node
+                for _, body in batch.unbatch(message)
+            ]
         await spying.close()
     assert nodes == ["notebook-node-1.example.org"] * len(files)
     assert result.ok, result
@@ -139,7 +144,10 @@ async def test_stage_request_reaches_its_user_only(broker: Vhost, tmp_path: Path
         assert view.is_symlink()
         assert view.read_bytes() == b"x" * 100
     await asyncio.sleep(0.5)
-    assert await bob.get(fail=False) is None, "bob received alice's notification"
+    try:
+        assert await bob.get(fail=False) is None, "bob received alice's notification"
+    finally:
+        await bobs.close()
 
 
 async def test_request_for_unknown_did_fails_clearly(

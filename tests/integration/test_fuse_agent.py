@@ -17,7 +17,7 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-from dlaas.bus import topology
+from dlaas.bus import batch, topology
 from dlaas.bus.connection import Bus
 from dlaas.bus.consumer import Consumer
 from dlaas.bus.http import Check
@@ -131,8 +131,9 @@ async def outcomes(url: str) -> AsyncIterator[asyncio.Queue[FileVisible | FileFa
         await queue.bind(topology.EVENTS, f"*.{FileFailed.event_type}")
 
         async def keep(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            model = FileVisible if message.type == FileVisible.event_type else FileFailed
-            await got.put(model.model_validate_json(message.body))
+            for kind, body in batch.unbatch(message):
+                model = FileVisible if kind == FileVisible.event_type else FileFailed
+                await got.put(model.model_validate_json(body))
             await message.ack()
 
         await queue.consume(keep)

@@ -13,7 +13,7 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from aiormq.exceptions import ChannelAccessRefused, ChannelPreconditionFailed
 
-from dlaas.bus import topology
+from dlaas.bus import batch, topology
 from dlaas.client.api import astage
 from dlaas.contracts import FileVisible, Notification, RuleRequested
 from dlaas.settings import BusSettings
@@ -169,7 +169,8 @@ async def test_the_client_works_under_end_user_rights(
         inbox = await channel.get_queue(topology.inbox("alice").name)
         message = await inbox.get(fail=False, no_ack=True)
     assert message is not None
-    assert Notification.model_validate_json(message.body).kind == "failed"
+    notes = [Notification.model_validate_json(b) for _, b in batch.unbatch(message)]
+    assert notes[0].kind == "failed"
 
 
 async def test_without_configure_on_exchanges_a_user_cannot_delete_them(

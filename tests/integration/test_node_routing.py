@@ -17,7 +17,7 @@ from urllib.parse import quote
 import aio_pika
 import pytest
 
-from dlaas.bus import topology
+from dlaas.bus import batch, topology
 from dlaas.bus.connection import Bus
 from dlaas.bus.consumer import Consumer
 from dlaas.contracts import FileStaged, FileVisible
@@ -99,7 +99,8 @@ async def visible(url: str) -> AsyncIterator[asyncio.Queue[FileVisible]]:
         await queue.bind(topology.EVENTS, FileVisible.routing_key())
 
         async def keep(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            await got.put(FileVisible.model_validate_json(message.body))
+            for _, body in batch.unbatch(message):
+                await got.put(FileVisible.model_validate_json(body))
             await message.ack()
 
         await queue.consume(keep)

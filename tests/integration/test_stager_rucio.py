@@ -19,7 +19,7 @@ import aio_pika
 import pytest
 
 from bench.stager_rucio import stage_once
-from dlaas.bus import topology
+from dlaas.bus import batch, topology
 from dlaas.bus.connection import Bus
 from dlaas.client.api import StageResult, acancel, apublish, astage, checksum
 from dlaas.contracts import Notification, RuleRequested
@@ -115,17 +115,22 @@ async def _listen(url: str, user: str, request_id: uuid.UUID) -> tuple[Any, Any]
     return connection, queue
 
 
+def _notes(message: Any) -> list[Notification]:
+    """The notifications of one message (those told together share one)."""
+    return [Notification.model_validate_json(b) for _, b in batch.unbatch(message)]
+
+
 async def _notes_until_completed(queue: Any, timeout: float = 120) -> list[Notification]:
     notes: list[Notification] = []
     async with asyncio.timeout(timeout), queue.iterator() as messages:
         async for message in messages:
             async with message.process():
-                notes.append(Notification.model_validate_json(message.body))
-            if notes[-1].kind in ("completed", "failed"):
+                notes += _notes(message)
+            if {n.kind for n in notes} & {"completed", "failed"}:
                 await asyncio.sleep(1)  # anything repeated would arrive now
                 while (extra := await queue.get(fail=False)) is not None:
                     await extra.ack()
-                    notes.append(Notification.model_validate_json(extra.body))
+                    notes += _notes(extra)
                 return notes
     return notes
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import structlog
 
 from dlaas.background import Background
+from dlaas.logging import bound
 from dlaas_notifier import aggregation
 from dlaas_notifier.outbox import DEAD, DROPPED, Outbox, Outgoing
 from dlaas_notifier.ports import DeliveryError, OutMessage, Sender
@@ -87,7 +88,7 @@ class Dispatcher:
             await self._deliver(row)
 
     async def _deliver(self, row: Outgoing) -> None:
-        with structlog.contextvars.bound_contextvars(
+        with bound(
             channel=self.channel, user=row.user, request_id=str(row.note.request_id)
         ):
             user = self.options.users.get(row.user)

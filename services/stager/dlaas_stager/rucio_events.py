@@ -10,6 +10,7 @@ import structlog
 from dlaas.bus.consumer import Delivery
 from dlaas.contracts.hermes import RuleOk, TransferFinished
 from dlaas.errors import TransientError
+from dlaas.logging import bound
 from dlaas_stager.instances import Instances
 from dlaas_stager.ports import Catalog
 from dlaas_stager.staging import Announcer
@@ -42,7 +43,7 @@ class RucioEvents:
         instance = self._instance(delivery)
         if instance is None:
             return
-        with structlog.contextvars.bound_contextvars(did=did, rse=payload.dst_rse):
+        with bound(did=did, rse=payload.dst_rse):
             waiting = await self.store.waiting_for_file(
                 did, payload.dst_rse, instance, claimed=_again(delivery)
             )
@@ -76,7 +77,7 @@ class RucioEvents:
         instance = self._instance(delivery)
         if instance is None:
             return
-        with structlog.contextvars.bound_contextvars(rule_id=payload.rule_id):
+        with bound(rule_id=payload.rule_id):
             catalog = self.instances.catalog(instance)
             await stage_rule(
                 payload.rule_id,

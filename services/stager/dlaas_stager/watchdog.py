@@ -16,6 +16,7 @@ import structlog
 
 from dlaas.background import Background
 from dlaas.errors import DlaasError, PermanentError
+from dlaas.logging import bound
 from dlaas_stager import domain
 from dlaas_stager.instances import Instances
 from dlaas_stager.ports import Catalog
@@ -59,9 +60,7 @@ class Watchdog:
         """One pass over the rules that still owe files."""
         rules = await self.store.rules_waiting_since(time.time() - self.after_s)
         for rule_id, instance in rules:
-            with structlog.contextvars.bound_contextvars(
-                rule_id=rule_id, instance=instance
-            ):
+            with bound(rule_id=rule_id, instance=instance):
                 await self._check(rule_id, self.instances.catalog(instance))
 
     async def _check(self, rule_id: str, catalog: Catalog) -> None:

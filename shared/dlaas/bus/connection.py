@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Self
@@ -17,7 +18,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from dlaas.bus import topology
+from dlaas.bus import batch, topology
 from dlaas.contracts.base import Event
 from dlaas.errors import TransientError
 from dlaas.settings import BusSettings
@@ -141,6 +142,45 @@ def _settle(tags: _Tags) -> tuple[int | None, list[int]]:
     return upto, singles
 
 
+# the exchanges only dlaas publishes to and reads with dlaas.bus.batch
+_BATCHED = frozenset({topology.EVENTS, topology.NOTIFY})
+
+
+@dataclass(frozen=True)
+class _Route:
+    """Where a message goes: events sharing all of it may share a message."""
+
+    exchange: str
+    routing_key: str
+    user_id: str | None
+    mandatory: bool
+
+
+@dataclass
+class _Outgoing:
+    """An event waiting for its publish."""
+
+    event_type: str
+    body: bytes
+    message_id: str
+    correlation_id: str | None
+    future: asyncio.Future[None] | None = None
+
+
+def _answer(items: list[_Outgoing], exc: BaseException | None) -> None:
+    """Answer the publishers of ``items``: confirmed, or the error (each its own)."""
+    for item in items:
+        future = item.future
+        if future is None or future.done():
+            continue  # its publisher was cancelled
+        if exc is None:
+            future.set_result(None)
+        elif isinstance(exc, TransientError):
+            future.set_exception(TransientError(str(exc)))
+        else:
+            future.set_exception(exc)
+
+
 class Bus:
     """A process's link to RabbitMQ: publisher confirms on, every message persistent."""
 
@@ -168,6 +208,9 @@ class Bus:
         self._strict: dict[str, AbstractExchange] | None = None
         self._strict_lock = asyncio.Lock()
         self.acks = Acks()
+        # events waiting to be published together (see publish)
+        self._outbox: dict[_Route, list[_Outgoing]] = {}
+        self._flusher: asyncio.Task[None] | None = None
         self._down = False  # the connection was lost and is not back yet
 
     def on_close(self, callback: Callable[[], Awaitable[None]]) -> None:
@@ -237,25 +280,114 @@ class Bus:
         """Publish an event persistently and wait for the broker's confirm.
 
         ``mandatory`` (default: the bus's) makes a message no queue takes raise
-        ``aio_pika.exceptions.DeliveryError`` instead of vanishing.
+        ``aio_pika.exceptions.DeliveryError`` instead of vanishing. Events on the events
+        and notify exchanges published in the same moment with the same routing key travel together
+        (:mod:`dlaas.bus.batch`); each caller returns once its own event is confirmed.
         """
-        message = aio_pika.Message(
-            body=event.model_dump_json().encode(),
-            content_type=JSON,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=str(event.event_id),
-            correlation_id=correlation_id,
-            type=event.event_type,
-            user_id=user_id,
-            app_id=self.name,
+        outgoing = _Outgoing(
+            event.event_type,
+            event.model_dump_json().encode(),
+            str(event.event_id),
+            correlation_id,
         )
-        strict = mandatory and not self.mandatory
+        key = _Route(
+            exchange,
+            routing_key or event.routing_key(),
+            user_id,
+            self.mandatory if mandatory is None else mandatory,
+        )
+        if exchange not in _BATCHED or self.settings.batch_max_events <= 1:
+            await self._send(key, [outgoing])
+            return
+        loop = asyncio.get_running_loop()
+        outgoing.future = loop.create_future()
+        self._outbox.setdefault(key, []).append(outgoing)
+        if self._flusher is None:
+            self._flusher = loop.create_task(self._flush_outbox())
+        await outgoing.future
+
+    async def _flush_outbox(self) -> None:
+        """Send what was published, group by group, until nothing waits (group commit)."""
+        try:
+            await asyncio.sleep(0)  # let the publishers woken in this loop turn join
+            while self._outbox:
+                groups, self._outbox = self._outbox, {}
+                await asyncio.gather(
+                    *(
+                        self._send_settling(key, chunk)
+                        for key, items in groups.items()
+                        for chunk in self._chunks(items)
+                    )
+                )
+        except BaseException as exc:  # cancelled (closing): nobody may wait forever
+            for items in self._outbox.values():
+                _answer(items, exc)
+            self._outbox.clear()
+            raise
+        finally:
+            self._flusher = None
+
+    def _chunks(self, items: list[_Outgoing]) -> list[list[_Outgoing]]:
+        """Batches under the event count and half the size a consumer accepts."""
+        limit, size = self.settings.max_message_bytes // 2, 0
+        chunks: list[list[_Outgoing]] = [[]]
+        for item in items:
+            size += len(item.body) + 200
+            if chunks[-1] and (
+                len(chunks[-1]) >= self.settings.batch_max_events or size > limit
+            ):
+                chunks.append([])
+                size = len(item.body) + 200
+            chunks[-1].append(item)
+        return chunks
+
+    async def _send_settling(self, key: _Route, items: list[_Outgoing]) -> None:
+        try:
+            await self._send(key, items)
+        except BaseException as exc:
+            _answer(items, exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            _answer(items, None)
+
+    async def _send(self, key: _Route, items: list[_Outgoing]) -> None:
+        """One message for ``items``: a plain event if alone, else a batch."""
+        if len(items) == 1:
+            item = items[0]
+            message = aio_pika.Message(
+                body=item.body,
+                content_type=JSON,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=item.message_id,
+                correlation_id=item.correlation_id,
+                type=item.event_type,
+                user_id=key.user_id,
+                app_id=self.name,
+            )
+        else:
+            message = aio_pika.Message(
+                body=batch.pack(
+                    [
+                        batch.item_json(
+                            i.event_type, i.body, i.message_id, i.correlation_id
+                        )
+                        for i in items
+                    ]
+                ),
+                content_type=JSON,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=str(uuid.uuid4()),
+                type=batch.BATCH_TYPE,
+                user_id=key.user_id,
+                app_id=self.name,
+                headers={batch.BATCH_HEADER: len(items)},
+            )
+        strict = key.mandatory and not self.mandatory
         try:
             exchanges = await self._strict_exchanges() if strict else self._exchanges
-            await exchanges[exchange].publish(
-                message,
-                routing_key=routing_key or event.routing_key(),
-                mandatory=self.mandatory if mandatory is None else mandatory,
+            await exchanges[key.exchange].publish(
+                message, routing_key=key.routing_key, mandatory=key.mandatory
             )
         except CONNECTION_LOST as exc:
             # not confirmed: try again once reconnected (the message is redelivered or

@@ -24,10 +24,11 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from pydantic import BaseModel, ValidationError
 
-from dlaas.bus import topology
+from dlaas.bus import batch, topology
 from dlaas.bus.connection import Bus
 from dlaas.bus.metrics import HANDLER_SECONDS, MESSAGES
 from dlaas.errors import MessageRejectedError, PermanentError, TransientError
+from dlaas.logging import bound
 
 log = structlog.get_logger(__name__)
 
@@ -70,6 +71,44 @@ class Decoded:
 
 Decoder = Callable[[AbstractIncomingMessage], Decoded]
 Handler = Callable[[Any, Delivery], Awaitable[None]]
+# decodes one event of a batch from its type and parsed body (``Decoder.item``)
+ItemDecoder = Callable[[str, dict[str, Any]], Decoded]
+
+
+@dataclass
+class _Source:
+    """What a handler's outcome settles: a whole message, or one event of a batch."""
+
+    message: AbstractIncomingMessage
+    item: batch.Item | None = None
+    failed: bool = False  # an event's retry or dead-letter copy could not be sent
+
+    def copy(self, headers: dict[str, str | int]) -> aio_pika.Message:
+        """A plain message of the event with ``headers`` added (retry, park, dead letter)."""
+        message = self.message
+        kept = {
+            k: v
+            for k, v in (message.headers or {}).items()
+            if not k.startswith("x-death")
+            and (self.item is None or k != batch.BATCH_HEADER)
+        }
+        first_key = {ROUTING_KEY_HEADER: original_routing_key(message) or ""}
+        item = self.item
+        return aio_pika.Message(
+            body=message.body if item is None else item.json_body(),
+            headers={**kept, **first_key, **headers},
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message.message_id if item is None else item.message_id,
+            correlation_id=message.correlation_id
+            if item is None
+            else item.correlation_id,
+            type=message.type if item is None else item.type,
+            user_id=message.user_id,
+            app_id=message.app_id,
+            timestamp=message.timestamp,
+        )
 
 
 def _reason(exc: BaseException) -> str:
@@ -121,6 +160,7 @@ class Consumer:
         self._metrics: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._idle = asyncio.Event()
         self._idle.set()
+        self._slots = asyncio.Semaphore(bus.settings.handlers)
 
     async def start(self) -> None:
         """Declare the queue (with its retry and dead-letter queues) and consume."""
@@ -160,14 +200,18 @@ class Consumer:
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         attempt = _attempt(message.headers)
-        with structlog.contextvars.bound_contextvars(
+        with bound(
             queue=self.spec.name,
             message_id=message.message_id,
             correlation_id=message.correlation_id,
             attempt=attempt,
         ):
             started = time.perf_counter()
-            kind, outcome = await self._process(message, attempt)
+            if message.type == batch.BATCH_TYPE:  # its events take a slot each
+                kind, outcome = await self._process(message, attempt)
+            else:
+                async with self._slots:
+                    kind, outcome = await self._process(message, attempt)
             duration = time.perf_counter() - started
             self._observe(kind, outcome, duration)
             # one line per message costs more CPU than a hop's own work: debug, unless slow
@@ -194,31 +238,92 @@ class Consumer:
     async def _process(
         self, message: AbstractIncomingMessage, attempt: int
     ) -> tuple[str, str]:
+        source = _Source(message)
+        if message.type == batch.BATCH_TYPE:
+            return await self._process_batch(source, attempt)
         try:
             decoded = self._decode(message)
         except (MessageRejectedError, ValidationError, ValueError) as exc:
-            await self._dead_letter(message, _reason(exc))
+            await self._dead_letter(source, _reason(exc))
             return "invalid", "dead_lettered"
+        return decoded.kind, await self._dispatch(decoded, source, attempt)
+
+    async def _dispatch(self, decoded: Decoded, source: _Source, attempt: int) -> str:
+        """Run the handler of a decoded event and settle its outcome."""
+        message, item = source.message, source.item
         if decoded.model is None:
-            self.bus.acks.ack(message)
-            return decoded.kind, "ignored"
+            if item is None:
+                self.bus.acks.ack(message)
+            return "ignored"
         handler = self.handlers.get(decoded.kind)
         if handler is None:
-            await self._dead_letter(message, f"no handler for type {decoded.kind!r} here")
-            return decoded.kind, "dead_lettered"
+            await self._dead_letter(source, f"no handler for type {decoded.kind!r} here")
+            return "dead_lettered"
         delivery = Delivery(
             queue=self.spec.name,
             attempt=attempt,
             max_attempts=self._max_attempts,
-            message_id=message.message_id,
-            correlation_id=message.correlation_id,
+            message_id=message.message_id if item is None else item.message_id,
+            correlation_id=message.correlation_id
+            if item is None
+            else item.correlation_id,
             user_id=message.user_id,
             routing_key=original_routing_key(message),
             redelivered=bool(message.redelivered),
         )
-        return decoded.kind, await self._call(handler, decoded.model, delivery, message)
+        return await self._call(handler, decoded.model, delivery, source)
+
+    async def _process_batch(self, source: _Source, attempt: int) -> tuple[str, str]:
+        """Handle every event of a batch on its own; ack the message once all are settled."""
+        message = source.message
+        item_decoder: ItemDecoder | None = getattr(self.decoder, "item", None)
+        if item_decoder is None:
+            await self._dead_letter(source, f"{self.spec.name} takes no batches")
+            return "invalid", "dead_lettered"
+        try:
+            self._decode_checks(message)
+            items = batch.unpack(message.body)
+        except MessageRejectedError as exc:
+            await self._dead_letter(source, _reason(exc))
+            return "invalid", "dead_lettered"
+        sources = [_Source(message, item) for item in items]
+        await asyncio.gather(
+            *(self._batch_item(s, attempt, item_decoder) for s in sources)
+        )
+        if any(s.failed for s in sources):
+            await self.bus.acks.reject(message)  # the queue's own dead-letter route
+            return "batch", "rejected"
+        self.bus.acks.ack(message)
+        return "batch", "ok"
+
+    async def _batch_item(
+        self, source: _Source, attempt: int, decode: ItemDecoder
+    ) -> None:
+        item = source.item
+        assert item is not None  # noqa: S101 (only batch items come here)
+        async with self._slots:
+            await self._handle_item(source, item, attempt, decode)
+
+    async def _handle_item(
+        self, source: _Source, item: batch.Item, attempt: int, decode: ItemDecoder
+    ) -> None:
+        with bound(message_id=item.message_id, correlation_id=item.correlation_id):
+            started = time.perf_counter()
+            try:
+                decoded = decode(item.type, item.body)
+            except (MessageRejectedError, ValidationError, ValueError) as exc:
+                await self._dead_letter(source, _reason(exc))
+                kind, outcome = "invalid", "dead_lettered"
+            else:
+                kind = decoded.kind
+                outcome = await self._dispatch(decoded, source, attempt)
+            self._observe(kind, outcome, time.perf_counter() - started)
 
     def _decode(self, message: AbstractIncomingMessage) -> Decoded:
+        self._decode_checks(message)
+        return self.decoder(message)
+
+    def _decode_checks(self, message: AbstractIncomingMessage) -> None:
         if len(message.body) > self.bus.settings.max_message_bytes:
             raise MessageRejectedError(
                 f"message too large: {len(message.body)} bytes > "
@@ -228,97 +333,88 @@ class Consumer:
             raise MessageRejectedError(
                 f"unsupported content encoding {message.content_encoding!r}"
             )
-        return self.decoder(message)
 
     async def _call(
         self,
         handler: Handler,
         model: BaseModel,
         delivery: Delivery,
-        message: AbstractIncomingMessage,
+        source: _Source,
     ) -> str:
         try:
             await handler(model, delivery)
         except self.transient as exc:
             if delivery.last_attempt:
-                return await self._park_or_dead_letter(message, _reason(exc))
-            await self._retry(message, delivery.attempt, _reason(exc))
+                return await self._park_or_dead_letter(source, _reason(exc))
+            await self._retry(source, delivery.attempt, _reason(exc))
             return "retried"
         except PermanentError as exc:
-            await self._dead_letter(message, _reason(exc))
+            await self._dead_letter(source, _reason(exc))
             return "dead_lettered"
         except Exception as exc:  # a bug must not kill the consumer; the message is kept
             log.exception("handler_crashed")
-            await self._dead_letter(message, f"handler error: {_reason(exc)}")
+            await self._dead_letter(source, f"handler error: {_reason(exc)}")
             return "dead_lettered"
-        self.bus.acks.ack(message)  # sent with others at the end of this loop turn
+        if source.item is None:
+            self.bus.acks.ack(
+                source.message
+            )  # sent with others at the end of this loop turn
         return "ok"
 
-    def _copy(
-        self, message: AbstractIncomingMessage, headers: dict[str, str | int]
-    ) -> aio_pika.Message:
-        kept = {
-            k: v
-            for k, v in (message.headers or {}).items()
-            if not k.startswith("x-death")
-        }
-        first_key = {ROUTING_KEY_HEADER: original_routing_key(message) or ""}
-        return aio_pika.Message(
-            body=message.body,
-            headers={**kept, **first_key, **headers},
-            content_type=message.content_type,
-            content_encoding=message.content_encoding,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=message.message_id,
-            correlation_id=message.correlation_id,
-            type=message.type,
-            user_id=message.user_id,
-            app_id=message.app_id,
-            timestamp=message.timestamp,
-        )
-
-    async def _retry(
-        self, message: AbstractIncomingMessage, attempt: int, reason: str
-    ) -> None:
+    async def _retry(self, source: _Source, attempt: int, reason: str) -> None:
         delays = self.bus.settings.retry_delays_s
         index = min(attempt - 1, len(delays) - 1)
         log.warning("retry_scheduled", reason=reason, delay_s=delays[index])
-        copy = self._copy(message, {ATTEMPT_HEADER: attempt + 1, REASON_HEADER: reason})
-        await self.bus.send_to_queue(self.spec.retry(delays[index]), copy)
-        self.bus.acks.ack(message)
+        copy = source.copy({ATTEMPT_HEADER: attempt + 1, REASON_HEADER: reason})
+        await self._send_copy(source, self.spec.retry(delays[index]), copy)
 
-    async def _park_or_dead_letter(
-        self, message: AbstractIncomingMessage, reason: str
-    ) -> str:
+    async def _park_or_dead_letter(self, source: _Source, reason: str) -> str:
         """Retries exhausted on a transient error: park it (comes back later), never drop it."""
         if not self.bus.settings.parked_ttl_s:
-            await self._dead_letter(message, f"retries exhausted: {reason}")
+            await self._dead_letter(source, f"retries exhausted: {reason}")
             return "dead_lettered"
         log.warning("parked", reason=reason, ttl_s=self.bus.settings.parked_ttl_s)
-        copy = self._copy(
-            message, {ATTEMPT_HEADER: 1, REASON_HEADER: f"parked: {reason}"}
+        copy = source.copy({ATTEMPT_HEADER: 1, REASON_HEADER: f"parked: {reason}"})
+        await self._send_copy(
+            source, self.spec.parked(self.bus.settings.parked_ttl_s), copy
         )
-        await self.bus.send_to_queue(
-            self.spec.parked(self.bus.settings.parked_ttl_s), copy
-        )
-        self.bus.acks.ack(message)
         return "parked"
 
-    async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
+    async def _dead_letter(self, source: _Source, reason: str) -> None:
         log.error("dead_lettered", reason=reason, dlq=self.spec.dlq)
-        copy = self._copy(
-            message,
+        copy = source.copy(
             {
                 REASON_HEADER: reason,
                 "x-dlaas-queue": self.spec.name,
-                ROUTING_KEY_HEADER: original_routing_key(message) or "",
+                ROUTING_KEY_HEADER: original_routing_key(source.message) or "",
                 "x-dlaas-dead-lettered-at": datetime.now(UTC).isoformat(),
-            },
+            }
         )
+        await self._send_copy(source, self.spec.dlq, copy, dead_letter=True)
+
+    async def _send_copy(
+        self,
+        source: _Source,
+        queue: str,
+        copy: aio_pika.Message,
+        *,
+        dead_letter: bool = False,
+    ) -> None:
+        """Put the copy in ``queue``, then settle the message (a batch settles at its end).
+
+        A retry that cannot be sent raises: the message stays unacked and comes back.
+        """
         try:
-            await self.bus.send_to_queue(self.spec.dlq, copy)
-        except Exception:  # the queue's own dead-letter route still keeps it
+            await self.bus.send_to_queue(queue, copy)
+        except Exception:
+            if not dead_letter:
+                raise
+            # the queue's own dead-letter route still keeps it
             log.exception("dead_letter_publish_failed")
-            await self.bus.acks.reject(message)
+            if source.item is not None:
+                source.failed = True
+            else:
+                await self.bus.acks.reject(source.message)
             return
-        self.bus.acks.ack(message)
+        if source.item is None:
+            self.bus.acks.ack(source.message)

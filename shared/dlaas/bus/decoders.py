@@ -14,19 +14,37 @@ from dlaas.contracts.hermes import HERMES_OTHER_TYPES, HERMES_PAYLOADS, HermesEn
 from dlaas.errors import MessageRejectedError
 
 
-def events(*models: type[Event]) -> Decoder:
-    """Decode dlaas events by the AMQP ``type`` property; other types are refused."""
-    by_type = {model.event_type: model for model in models}
+class _Events:
+    """Decodes dlaas events by type: a message by its AMQP ``type``, a batch's event by its own."""
 
-    def decode(message: AbstractIncomingMessage) -> Decoded:
+    def __init__(self, models: tuple[type[Event], ...]) -> None:
+        self.by_type = {model.event_type: model for model in models}
+
+    def __call__(self, message: AbstractIncomingMessage) -> Decoded:
         if not message.type:
             raise MessageRejectedError("message has no AMQP type property")
-        model = by_type.get(message.type)
-        if model is None:
-            raise MessageRejectedError(f"unknown event type {message.type!r}")
-        return Decoded(message.type, model.model_validate_json(message.body))
+        return Decoded(
+            message.type, self._model(message.type).model_validate_json(message.body)
+        )
 
-    return decode
+    def item(self, kind: str, body: dict[str, Any]) -> Decoded:
+        """One event of a batch (:mod:`dlaas.bus.batch`), its body already parsed."""
+        return Decoded(kind, self._model(kind).model_validate(body))
+
+    def _model(self, kind: str) -> type[Event]:
+        model = self.by_type.get(kind)
+        if model is None:
+            raise MessageRejectedError(f"unknown event type {kind!r}")
+        return model
+
+
+def events(*models: type[Event]) -> Decoder:
+    """Decode dlaas events by the AMQP ``type`` property; other types are refused.
+
+    The decoder also takes the events of a batch (``.item``), so such a queue accepts
+    batches.
+    """
+    return _Events(models)
 
 
 def hermes(used: Collection[str]) -> Decoder:

@@ -13,7 +13,7 @@ from aio_pika.abc import AbstractQueue
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from dlaas.bus import topology
+from dlaas.bus import batch, topology
 from dlaas.bus.connection import Bus
 from dlaas.client.results import Listener, ReadyFile, StageResult
 from dlaas.contracts import (
@@ -66,15 +66,19 @@ async def _collect(
     async with asyncio.timeout(timeout), queue.iterator() as messages:
         async for message in messages:
             async with message.process():
-                if message.type == RequestStatus.event_type:
-                    result.apply_status(RequestStatus.model_validate_json(message.body))
-                    if result.done or "status" in until:
-                        return
+                # several notifications that happened together come in one message
+                events = batch.unbatch(message)
+            finished = False
+            for kind, body in events:
+                if kind == RequestStatus.event_type:
+                    result.apply_status(RequestStatus.model_validate_json(body))
+                    finished |= result.done or "status" in until
                     continue
-                note = Notification.model_validate_json(message.body)
-            if result.apply(note) and on_update is not None:
-                on_update(note, result)
-            if note.kind in until or (not until and result.done):
+                note = Notification.model_validate_json(body)
+                if result.apply(note) and on_update is not None:
+                    on_update(note, result)
+                finished |= note.kind in until or (not until and result.done)
+            if finished:
                 return
 
 
@@ -189,7 +193,10 @@ async def ainbox(*, settings: BusSettings | None = None) -> list[Notification]:
         queue = await bus.channel.get_queue(topology.inbox(bus_settings.login).name)
         while (message := await queue.get(fail=False)) is not None:
             async with message.process():
-                notes.append(Notification.model_validate_json(message.body))
+                notes += [
+                    Notification.model_validate_json(body)
+                    for _, body in batch.unbatch(message)
+                ]
     finally:
         await bus.close()
     return notes
