@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import threading
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -379,8 +381,65 @@ async def test_a_stuck_call_is_abandoned_after_its_timeout() -> None:
     with pytest.raises(TimeoutError):
         await blocking.call(stuck, 0.1)
     assert time.monotonic() - started < 1
+    assert await blocking.call(lambda: 2, 1) == 2  # the stuck worker blocks nobody
     release.set()
-    assert await blocking.call(lambda: 2, 1) == 2
     with pytest.raises(ZeroDivisionError):
         await blocking.call(lambda: 1 // 0, 1)
     await asyncio.sleep(0.05)  # the abandoned thread settles into a done future: ignored
+
+
+async def test_grouped_calls_of_one_moment_share_a_thread_and_a_stuck_one_holds_back_none_after() -> (
+    None
+):
+    grouped = blocking.Grouped()
+    threads: set[int] = set()
+
+    def work(n: int) -> int:
+        threads.add(threading.get_ident())
+        if n == 3:
+            raise ValueError(n)
+        return n * n
+
+    results = await asyncio.gather(
+        *(grouped.call(functools.partial(work, n), 1) for n in range(10)),
+        return_exceptions=True,
+    )
+    assert results[:3] == [0, 1, 4]
+    assert isinstance(results[3], ValueError)
+    assert results[4:] == [n * n for n in range(4, 10)]
+    assert len(threads) == 1  # ten calls, one trip to a worker thread
+
+    release = threading.Event()
+    stuck = asyncio.gather(
+        grouped.call(lambda: release.wait(5), 0.2),
+        grouped.call(lambda: 1, 0.2),  # queued behind the stuck one in its job
+        return_exceptions=True,
+    )
+    await asyncio.sleep(0.05)
+    assert await grouped.call(lambda: 2, 1) == 2  # a later moment: a job of its own
+    outcomes = await stuck
+    assert all(isinstance(o, TimeoutError) for o in outcomes)
+    release.set()
+
+
+def test_a_view_link_is_made_once_repeated_as_is_moved_and_never_through_a_symlink(
+    tmp_path: Path,
+) -> None:
+    from dlaas_fuse_agent.handlers import _link  # noqa: PLC0415  (the blocking part)
+
+    base, mount = tmp_path / "views" / "alice", tmp_path / "mnt"
+    view = base / "user.alice" / "sub" / "f1"
+    _link(view, mount / "a", base)
+    assert view.readlink() == mount / "a"
+    _link(view, mount / "a", base)  # a repeat: the same link
+    _link(view, mount / "b", base)  # the file moved on the mount: the link follows
+    assert view.readlink() == mount / "b"
+    assert sorted(p.name for p in view.parent.iterdir()) == ["f1"]  # no temporary left
+    (base / "user.alice" / "dir").mkdir()
+    with pytest.raises(PermanentError, match="is a directory"):
+        _link(base / "user.alice" / "dir", mount / "c", base)
+    (tmp_path / "elsewhere").mkdir()
+    (base / "planted").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(PermanentError, match="not a plain directory"):
+        _link(base / "planted" / "f2", mount / "d", base)
+    assert not any((tmp_path / "elsewhere").iterdir())

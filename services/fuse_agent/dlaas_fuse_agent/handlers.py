@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +17,7 @@ from dlaas.bus.connection import Bus
 from dlaas.bus.consumer import Delivery
 from dlaas.contracts import FileFailed, FileReady, FileVisible
 from dlaas.errors import PermanentError, TransientError
+from dlaas.logging import bound
 from dlaas_fuse_agent import blocking, domain
 from dlaas_fuse_agent.adapters import download
 from dlaas_fuse_agent.settings import DownloadSpec, FuseOptions
@@ -22,9 +25,20 @@ from dlaas_fuse_agent.settings import DownloadSpec, FuseOptions
 log = structlog.get_logger(__name__)
 
 
+class _UnreadableError(Exception):
+    """The file could not be read through the mount (the OSError is its cause)."""
+
+
 def _readable(path: Path) -> None:
-    with path.open("rb") as handle:
-        handle.read(1)
+    """Read a byte through the mount (plain os calls: half the system calls of open())."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.read(fd, 1)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise _UnreadableError(str(exc)) from exc
 
 
 def _make_dirs(base: Path, parent: Path) -> None:
@@ -44,16 +58,74 @@ def _make_dirs(base: Path, parent: Path) -> None:
             raise PermanentError(f"{current} is not a plain directory of the user's view")
 
 
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_step(name: str | Path, where: int | None, shown: Path) -> int:
+    """Open (making it if need be) one directory step, never through a symlink."""
+    for attempt in range(2):
+        try:
+            return os.open(name, _DIRECTORY, dir_fd=where)
+        except FileNotFoundError:
+            if attempt:
+                raise
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, dir_fd=where)
+        except (NotADirectoryError, OSError) as exc:
+            if isinstance(exc, NotADirectoryError) or exc.errno == errno.ELOOP:
+                raise PermanentError(
+                    f"{shown} is not a plain directory of the user's view"
+                ) from exc
+            raise
+    raise AssertionError  # pragma: no cover  (the loop returns or raises)
+
+
+def _open_view_dir(base: Path, parent: Path) -> int:
+    """A descriptor of ``parent`` (below ``base``), made as needed, symlinks refused.
+
+    Each step is opened relative to the one before with O_NOFOLLOW, so a ``scope -> /etc``
+    planted by the user is refused, and what is created lands in the directory checked.
+    """
+    base.parent.mkdir(parents=True, exist_ok=True)  # the views root: the agent's own
+    fd = _open_step(base, None, base)
+    shown = base
+    try:
+        for part in parent.relative_to(base).parts:
+            shown = shown / part
+            step = _open_step(part, fd, shown)
+            os.close(fd)
+            fd = step
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _link(view: Path, target: Path, base: Path) -> None:
     """Point ``view`` at ``target`` atomically (a repeat leaves the same link)."""
-    _make_dirs(base, view.parent)
-    temporary = view.with_name(f".{view.name}.dlaas-tmp")
+    fd = _open_view_dir(base, view.parent)
     try:
-        temporary.unlink(missing_ok=True)
-        temporary.symlink_to(target)
-        temporary.replace(view)
+        try:
+            os.symlink(target, view.name, dir_fd=fd)  # the first time: one call
+        except FileExistsError:
+            _replace_link(fd, view, target)
+    finally:
+        os.close(fd)
+
+
+def _replace_link(fd: int, view: Path, target: Path) -> None:
+    """``view`` exists in the directory ``fd``: leave the same link, else swap it."""
+    with contextlib.suppress(OSError):  # not a link (a file, a directory)
+        if os.readlink(view.name, dir_fd=fd) == str(target):
+            return  # a repeat
+    temporary = f".{view.name}.dlaas-tmp"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temporary, dir_fd=fd)
+    os.symlink(target, temporary, dir_fd=fd)
+    try:
+        os.replace(temporary, view.name, src_dir_fd=fd, dst_dir_fd=fd)
     except IsADirectoryError as exc:
-        temporary.unlink(missing_ok=True)
+        os.unlink(temporary, dir_fd=fd)
         raise PermanentError(f"{view} is a directory: not replaced") from exc
 
 
@@ -84,12 +156,12 @@ class FuseAgent:
     bus: Bus
     options: FuseOptions
     on_unreadable: Callable[[str], None] = field(default=lambda _rse: None)
+    # the mount checks of files ready at the same moment share one trip to a thread
+    checks: blocking.Grouped = field(default_factory=blocking.Grouped)
 
     async def on_file_ready(self, event: FileReady, delivery: Delivery) -> None:
         """Check the file is readable through the mount, link it into the user's view."""
-        with structlog.contextvars.bound_contextvars(
-            request_id=str(event.request_id), user=event.user, did=event.did
-        ):
+        with bound(request_id=str(event.request_id), user=event.user, did=event.did):
             try:
                 view, target = await self._show(event, delivery)
             except PermanentError as exc:
@@ -112,19 +184,23 @@ class FuseAgent:
             raise PermanentError(f"no mount of RSE {event.rse} on this node")
         target = domain.mount_path(event.pfn, mount.mount_path, mount.path_begins_at)
         view = domain.view_path(self.options.views_root, event.user, event.did)
+        base = domain.user_view(self.options.views_root, event.user)
+
+        def check_and_link() -> None:  # one trip to a worker thread for both
+            _readable(target)
+            _link(view, target, base)
+
         try:
-            await blocking.call(
-                lambda: _readable(target), self.options.check_timeout_s, "fuse-read"
+            await self.checks.call(
+                check_and_link, self.options.check_timeout_s, "fuse-read"
             )
-        except (OSError, TimeoutError) as exc:
+        except (_UnreadableError, TimeoutError) as exc:
             self.on_unreadable(event.rse)  # the mount's watcher checks it now
             if delivery.last_attempt:
                 raise PermanentError(
                     f"not readable through the mount at {target}: {exc}"
                 ) from exc
             raise TransientError(f"not readable yet at {target}: {exc}") from exc
-        base = domain.user_view(self.options.views_root, event.user)
-        await asyncio.to_thread(_link, view, target, base)
         return view, str(target)
 
     async def _download(
