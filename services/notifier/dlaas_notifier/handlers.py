@@ -17,6 +17,7 @@ from sqlalchemy import exc as sa_exc
 from dlaas.bus.consumer import Delivery
 from dlaas.contracts import Notification, RequestEvent, RuleRequested
 from dlaas.errors import PermanentError, TransientError
+from dlaas.logging import bound
 from dlaas_notifier import aggregation, domain
 from dlaas_notifier.aggregation import RequestState
 from dlaas_notifier.outbox import Outbox
@@ -63,13 +64,13 @@ class Notifier:
         """Tell the user on the notebook channel (once per fact), then queue the others."""
         note = domain.notification_for(event)
         with (
-            structlog.contextvars.bound_contextvars(
-                user=event.user, request_id=str(event.request_id), kind=note.kind
-            ),
+            bound(user=event.user, request_id=str(event.request_id), kind=note.kind),
             _store_may_recover(),
         ):
-            recorded = await self.store.record(note, event.occurred_at.timestamp())
-            if await self.store.claim_notify(note):
+            recorded, claimed = await self.store.record_and_claim(
+                note, event.occurred_at.timestamp()
+            )
+            if claimed:
                 await self._tell(note, delivery, claimed=True)
             elif delivery.redelivered and not await self.store.told(note):
                 # taken by a handling that died before its telling was confirmed: tell (a

@@ -219,6 +219,19 @@ class Store:
             new.discard(key)  # a repeat within the batch is not first
         return answers
 
+    async def record_and_claim(
+        self, note: Notification, at: float
+    ) -> tuple[Recorded, bool]:
+        """:meth:`record` then :meth:`claim_notify`, in one transaction (one commit)."""
+        return await self._group.submit(self._record_and_claim_many, (note, at))
+
+    def _record_and_claim_many(
+        self, conn: sa.Connection, items: Sequence[tuple[Notification, float]]
+    ) -> list[tuple[Recorded, bool]]:
+        recorded = self._record_many(conn, items)
+        keys = [(str(note.request_id), fact_key(note)) for note, _ in items]
+        return list(zip(recorded, _claim_notify(conn, keys), strict=True))
+
     async def claim_notify(self, note: Notification) -> bool:
         """Take the telling of ``note``'s fact on the notebook channel (atomic): True once.
 

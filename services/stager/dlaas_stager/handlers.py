@@ -20,6 +20,7 @@ from dlaas.contracts import (
     RuleRequested,
 )
 from dlaas.errors import PermanentError
+from dlaas.logging import bound
 from dlaas_stager import domain, status
 from dlaas_stager.instances import Instances
 from dlaas_stager.ports import Catalog, FileInfo, RuleSpec
@@ -42,9 +43,7 @@ class Stager:
 
     async def on_rule_requested(self, event: RuleRequested, delivery: Delivery) -> None:
         """Create the rules, record the files, report what is already there."""
-        with structlog.contextvars.bound_contextvars(
-            request_id=str(event.request_id), user=event.user, rse=event.rse
-        ):
+        with bound(request_id=str(event.request_id), user=event.user, rse=event.rse):
             domain.check_user(event, delivery.user_id)
             if event.dry_run:
                 await self._dry_run(event, delivery.correlation_id)
@@ -140,9 +139,7 @@ class Stager:
         self, event: PublishRequested, delivery: Delivery
     ) -> None:
         """Register a notebook's output where it is, replicate it to long-term storage."""
-        with structlog.contextvars.bound_contextvars(
-            request_id=str(event.request_id), user=event.user, did=event.did
-        ):
+        with bound(request_id=str(event.request_id), user=event.user, did=event.did):
             domain.check_user(event, delivery.user_id)
             try:
                 await self._publish(event, delivery.correlation_id)
@@ -181,9 +178,7 @@ class Stager:
         self, event: CancelRequested, delivery: Delivery
     ) -> None:
         """Stop a request; remove its rules unless another request needs them."""
-        with structlog.contextvars.bound_contextvars(
-            request_id=str(event.request_id), user=event.user
-        ):
+        with bound(request_id=str(event.request_id), user=event.user):
             domain.check_user(event, delivery.user_id)
             request_id = str(event.request_id)
             if await self.store.owner(request_id) != event.user:
@@ -210,15 +205,14 @@ class Stager:
     async def on_file_visible(self, event: FileVisible, _: Delivery) -> None:
         """The user can open the file: count it towards completion."""
         where = (event.path, event.pfn, event.cache_url)
-        await self.store.set_file_state(
-            str(event.request_id), event.did, VISIBLE, where=where
-        )
-        await self.announcer.check_complete(str(event.request_id))
+        request_id = str(event.request_id)
+        if not await self.store.settle_file(request_id, event.did, VISIBLE, where=where):
+            await self.announcer.check_complete(request_id)
 
     async def on_file_failed(self, event: FileFailed, _: Delivery) -> None:
         """The file cannot be made available: count it towards completion."""
         request_id = str(event.request_id)
-        await self.store.set_file_state(
+        if not await self.store.settle_file(
             request_id, event.did, FAILED, reason=event.reason
-        )
-        await self.announcer.check_complete(request_id)
+        ):
+            await self.announcer.check_complete(request_id)
