@@ -70,6 +70,8 @@ class Options:
     profile: Path | None = None
     before: str | None = None  # PYTHONPATH of another revision's library and services
     prefetch: int | None = None  # also dlaas with this prefetch
+    # also dlaas with these settings: (name, ((DLAAS_X, value), ...)), from --also
+    also: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
 
 
 def _variants(options: Options, pg_url: str | None = None) -> list[Variant]:
@@ -82,6 +84,7 @@ def _variants(options: Options, pg_url: str | None = None) -> list[Variant]:
     if options.prefetch:
         name = f"dlaas-prefetch{options.prefetch}"
         variants.append(Dlaas(name=name, prefetch=options.prefetch))
+    variants += [Dlaas(name=name, env=env) for name, env in options.also]
     if pg_url is not None:
         variants.append(Dlaas(db_url=pg_url, name="dlaas-pg"))
     return variants
@@ -194,6 +197,15 @@ def main() -> None:
     parser.add_argument("--pg", action="store_true", help="also run dlaas on PostgreSQL")
     parser.add_argument("--runs", type=int, help="runs of each case (default by size)")
     parser.add_argument("--prefetch", type=int, help="also run dlaas with this prefetch")
+    parser.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        type=_also,
+        metavar="NAME:DLAAS_X=V[,DLAAS_Y=W]",
+        help="also run dlaas named NAME with these settings (repeatable), e.g. "
+        "nobatch:DLAAS_BUS__BATCH_MAX_EVENTS=1",
+    )
     args = parser.parse_args()
     sizes = FULL if args.full else SMALL
     if args.runs:
@@ -201,8 +213,22 @@ def main() -> None:
     with workspace() as scratch:
         overlay = bus_overlay(args.before_bus, scratch) if args.before_bus else None
         before = code_overlay(args.before, scratch / "before") if args.before else None
-        options = Options(overlay, args.pg, args.profile, before, args.prefetch)
+        options = Options(
+            overlay, args.pg, args.profile, before, args.prefetch, tuple(args.also)
+        )
         run_all(sizes, set(args.only.split(",")), options)
+
+
+def _also(text: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """``NAME:DLAAS_X=V,DLAAS_Y=W`` -> (NAME, ((DLAAS_X, V), (DLAAS_Y, W)))."""
+    name, _, pairs = text.partition(":")
+    env = tuple(
+        (key, value)
+        for key, _, value in (pair.partition("=") for pair in pairs.split(",") if pair)
+    )
+    if not name or not env or any(not k.startswith(("DLAAS_", "BENCH_")) for k, _ in env):
+        raise argparse.ArgumentTypeError(f"not NAME:DLAAS_X=V[,...]: {text!r}")
+    return name, env
 
 
 def run_all(sizes: Sizes, only: set[str], options: Options) -> None:

@@ -77,6 +77,7 @@ class Dlaas:
         None  # another ``dlaas`` package to run (before/after a change)
     )
     prefetch: int | None = None  # DLAAS_BUS__PREFETCH of every service (None: default)
+    env: tuple[tuple[str, str], ...] = ()  # more DLAAS_* settings of every service
 
     async def prepare(self, vhost: Vhost, workdir: Path, run: str, n: int) -> str:
         dids = [did_of(i, run) for i in range(n)]
@@ -119,6 +120,7 @@ class Dlaas:
             env["PYTHONPATH"] = self.pythonpath
         if self.prefetch:
             env["DLAAS_BUS__PREFETCH"] = str(self.prefetch)
+        env.update(self.env)
         return [spawn_python(s, "bench.svc", [s], workdir, env) for s in SERVICES]
 
     def did_in(self, body: bytes) -> str | None:
