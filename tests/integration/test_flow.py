@@ -333,3 +333,41 @@ async def test_a_transfer_done_retried_still_names_its_instance(
         result = await await_request(sent.request_id, timeout=15,
                                      settings=_bus(broker.url("alice")))  # fmt: skip
     assert result.ok, result
+
+
+async def test_a_transfer_done_before_rucio_marks_the_replica_is_checked_again_soon(
+    broker: Vhost, tmp_path: Path
+) -> None:
+    """Hermes says done before the finisher marks the replica: no 60 s bus retry to wait."""
+    catalog = FakeCatalog()
+    (file,) = catalog.add_dataset("user.alice:ds7", 1)
+    scope, _, name = file.did.partition(":")
+    async with running_services(
+        broker.url(), tmp_path, catalog, retry_delays=(60.0,)
+    ) as stack:
+        _place(stack, f"root://127.0.0.1:1094//data/notebook/{scope}/{name}")
+
+        async def transfer_done_then_available() -> None:
+            await _hermes(
+                broker.url(),
+                "transfer-done",
+                {"request-id": "r7", "scope": scope, "name": name, "dst-rse": "NOTEBOOK"},
+            )
+            await asyncio.sleep(0.8)  # Rucio's finisher, a little behind its poller
+            catalog.make_available(file.did, "NOTEBOOK")
+
+        tasks: list[asyncio.Task[None]] = []
+        result = await astage(
+            ["user.alice:ds7"],
+            rse="NOTEBOOK",
+            timeout=10,  # a bus retry would come after 60 s, the watchdog after 20 s
+            settings=_bus(broker.url("alice")),
+            on_update=lambda n, _: (
+                tasks.append(asyncio.ensure_future(transfer_done_then_available()))
+                if n.kind == "accepted"
+                else None
+            ),
+        )
+        await asyncio.gather(*tasks)
+    assert result.ok, result
+    assert list(result.ready) == [file.did]

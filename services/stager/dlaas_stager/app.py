@@ -51,7 +51,7 @@ async def build(
     )
     announcer = Announcer(bus, store)
     stager = Stager(bus, instances, store, announcer, options)
-    rucio = RucioEvents(instances, store, announcer)
+    rucio = RucioEvents(instances, store, announcer, options.available_recheck_s)
     watchdog = Watchdog(
         instances, store, announcer, options.watchdog_interval_s, options.watchdog_after_s
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ class RucioEvents:
     instances: Instances
     store: Store
     announcer: Announcer
+    recheck_s: tuple[float, ...] = ()  # waits before asking again for a replica
 
     def _instance(self, delivery: Delivery) -> str | None:
         """The instance whose hermes sent this (its routing key); None: not one of ours."""
@@ -49,7 +51,13 @@ class RucioEvents:
             )
             if not waiting:
                 return  # not ours, already staged, or not recorded yet (checked after rules)
-            replica = await self.instances.batcher(instance).replica(did, payload.dst_rse)
+            batcher = self.instances.batcher(instance)
+            replica = await batcher.replica(did, payload.dst_rse)
+            for wait in self.recheck_s:  # Rucio's finisher is usually seconds behind
+                if replica is not None and replica.available:
+                    break
+                await asyncio.sleep(wait)
+                replica = await batcher.replica(did, payload.dst_rse)
             if replica is not None and replica.available:
                 await self.announcer.stage(waiting, {did: replica})
                 return

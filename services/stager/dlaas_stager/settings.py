@@ -88,6 +88,13 @@ class StagerOptions(BaseModel):
         description="longest a transfer-done replica check waits behind a Rucio call in "
         "flight for its RSE (none in flight: asked at once)",
     )
+    available_recheck_s: tuple[float, ...] = Field(
+        default=(0.5, 1.0, 2.0),
+        description="hermes reports a transfer done when Rucio's poller sees it, before "
+        "its finisher marks the replica AVAILABLE: ask Rucio again after these waits "
+        "(grouped with the other files' questions) before leaving the message to the "
+        "bus's retries (whose first delays are longer)",
+    )
 
 
 class StagerSettings(ServiceSettings):
