@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -12,12 +12,15 @@ from dlaas.bus.consumer import Delivery
 from dlaas.contracts.hermes import RuleOk, TransferFinished
 from dlaas.errors import TransientError
 from dlaas.logging import bound
+from dlaas_stager.batching import ReplicaBatcher
 from dlaas_stager.instances import Instances
-from dlaas_stager.ports import Catalog
+from dlaas_stager.ports import Catalog, Replica
 from dlaas_stager.staging import Announcer
 from dlaas_stager.store import Store, WaitingFile
 
 log = structlog.get_logger(__name__)
+
+RECHECKING = 10  # transfer-done handlers waiting to ask Rucio again, at most
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,9 @@ class RucioEvents:
     store: Store
     announcer: Announcer
     recheck_s: tuple[float, ...] = ()  # waits before asking again for a replica
+    # handlers waiting to ask again, at most RECHECKING: each holds a prefetch slot, and
+    # rule_ok and the other files' events must keep flowing past them
+    _rechecking: list[int] = field(default_factory=lambda: [0], init=False)
 
     def _instance(self, delivery: Delivery) -> str | None:
         """The instance whose hermes sent this (its routing key); None: not one of ours."""
@@ -53,11 +59,10 @@ class RucioEvents:
                 return  # not ours, already staged, or not recorded yet (checked after rules)
             batcher = self.instances.batcher(instance)
             replica = await batcher.replica(did, payload.dst_rse)
-            for wait in self.recheck_s:  # Rucio's finisher is usually seconds behind
-                if replica is not None and replica.available:
-                    break
-                await asyncio.sleep(wait)
-                replica = await batcher.replica(did, payload.dst_rse)
+            if (replica is None or not replica.available) and (
+                self._rechecking[0] < RECHECKING
+            ):
+                replica = await self._recheck(batcher, did, payload.dst_rse)
             if replica is not None and replica.available:
                 await self.announcer.stage(waiting, {did: replica})
                 return
@@ -67,6 +72,22 @@ class RucioEvents:
                     f"replica of {did} not yet AVAILABLE at {payload.dst_rse}"
                 )
             log.info("left_to_rule_ok", reason="replica still not AVAILABLE")
+
+    async def _recheck(
+        self, batcher: ReplicaBatcher, did: str, rse: str
+    ) -> Replica | None:
+        """Ask again after each wait of ``recheck_s`` until the replica is AVAILABLE."""
+        self._rechecking[0] += 1
+        try:
+            replica = None
+            for wait in self.recheck_s:  # Rucio's finisher is often seconds behind
+                await asyncio.sleep(wait)
+                replica = await batcher.replica(did, rse)
+                if replica is not None and replica.available:
+                    break
+            return replica
+        finally:
+            self._rechecking[0] -= 1
 
     async def on_transfer_failed(
         self, payload: TransferFinished, delivery: Delivery
