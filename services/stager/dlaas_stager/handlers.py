@@ -206,13 +206,16 @@ class Stager:
         """The user can open the file: count it towards completion."""
         where = (event.path, event.pfn, event.cache_url)
         request_id = str(event.request_id)
-        if not await self.store.settle_file(request_id, event.did, VISIBLE, where=where):
-            await self.announcer.check_complete(request_id)
+        await self.store.set_file_state(request_id, event.did, VISIBLE, where=where)
+        # after the commit, in a transaction of its own: of two replicas settling a
+        # request's last files at once, the later one sees both (one transaction for the
+        # move and the check would let each miss the other's uncommitted move)
+        await self.announcer.check_complete(request_id)
 
     async def on_file_failed(self, event: FileFailed, _: Delivery) -> None:
         """The file cannot be made available: count it towards completion."""
         request_id = str(event.request_id)
-        if not await self.store.settle_file(
+        await self.store.set_file_state(
             request_id, event.did, FAILED, reason=event.reason
-        ):
-            await self.announcer.check_complete(request_id)
+        )
+        await self.announcer.check_complete(request_id)

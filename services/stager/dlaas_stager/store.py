@@ -304,30 +304,6 @@ class Store:
         move = _Move(request_id, did, state, reason, where)
         return await self._group.submit(self._move_files, move)
 
-    async def settle_file(
-        self,
-        request_id: str,
-        did: str,
-        state: str,
-        *,
-        reason: str | None = None,
-        where: tuple[str, str, str] | None = None,
-    ) -> bool:
-        """:meth:`set_file_state` to a final state; whether the request is still open.
-
-        One transaction for both, so the last file of a request is seen as such without a
-        second round (the completion check then runs only for requests no longer open).
-        """
-        move = _Move(request_id, did, state, reason, where)
-        return await self._group.submit(self._settle_files, move)
-
-    def _settle_files(self, conn: sa.Connection, moves: Sequence[_Move]) -> list[bool]:
-        self._move_files(conn, moves)
-        still = self._still_open(conn, [(m.request_id,) for m in moves])
-        return [
-            m.request_id in open_ids for m, open_ids in zip(moves, still, strict=True)
-        ]
-
     def _move_files(self, conn: sa.Connection, moves: Sequence[_Move]) -> list[bool]:
         """Many moves: one UPDATE ... RETURNING per target state, in the caller's order."""
         groups: dict[tuple[str, str | None], list[_Move]] = defaultdict(list)
