@@ -196,6 +196,9 @@ def main() -> None:
     )
     parser.add_argument("--pg", action="store_true", help="also run dlaas on PostgreSQL")
     parser.add_argument("--runs", type=int, help="runs of each case (default by size)")
+    parser.add_argument(
+        "--backlog", type=int, help="events queued in the backlog section (and a tenth)"
+    )
     parser.add_argument("--prefetch", type=int, help="also run dlaas with this prefetch")
     parser.add_argument(
         "--also",
@@ -210,6 +213,8 @@ def main() -> None:
     sizes = FULL if args.full else SMALL
     if args.runs:
         sizes = dataclasses.replace(sizes, runs=args.runs)
+    if args.backlog:
+        sizes = dataclasses.replace(sizes, backlog_files=args.backlog)
     with workspace() as scratch:
         overlay = bus_overlay(args.before_bus, scratch) if args.before_bus else None
         before = code_overlay(args.before, scratch / "before") if args.before else None
