@@ -199,6 +199,11 @@ def main() -> None:
     parser.add_argument(
         "--backlog", type=int, help="events queued in the backlog section (and a tenth)"
     )
+    parser.add_argument(
+        "--store-files",
+        type=int,
+        help="files tracked in the stager's store (store section)",
+    )
     parser.add_argument("--prefetch", type=int, help="also run dlaas with this prefetch")
     parser.add_argument(
         "--also",
@@ -215,6 +220,8 @@ def main() -> None:
         sizes = dataclasses.replace(sizes, runs=args.runs)
     if args.backlog:
         sizes = dataclasses.replace(sizes, backlog_files=args.backlog)
+    if args.store_files:
+        sizes = dataclasses.replace(sizes, store_files=args.store_files)
     with workspace() as scratch:
         overlay = bus_overlay(args.before_bus, scratch) if args.before_bus else None
         before = code_overlay(args.before, scratch / "before") if args.before else None
