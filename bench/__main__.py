@@ -69,7 +69,6 @@ class Options:
     pg: bool = False  # dlaas with the stager's state in PostgreSQL too
     profile: Path | None = None
     before: str | None = None  # PYTHONPATH of another revision's library and services
-    prefetch: int | None = None  # also dlaas with this prefetch
     # also dlaas with these settings: (name, ((DLAAS_X, value), ...)), from --also
     also: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
 
@@ -81,9 +80,6 @@ def _variants(options: Options, pg_url: str | None = None) -> list[Variant]:
         variants.append(Dlaas(name="dlaas-before", pythonpath=path))
     if options.before is not None:
         variants.append(Dlaas(name="dlaas-before", pythonpath=options.before))
-    if options.prefetch:
-        name = f"dlaas-prefetch{options.prefetch}"
-        variants.append(Dlaas(name=name, prefetch=options.prefetch))
     variants += [Dlaas(name=name, env=env) for name, env in options.also]
     if pg_url is not None:
         variants.append(Dlaas(db_url=pg_url, name="dlaas-pg"))
@@ -204,7 +200,6 @@ def main() -> None:
         type=int,
         help="files tracked in the stager's store (store section)",
     )
-    parser.add_argument("--prefetch", type=int, help="also run dlaas with this prefetch")
     parser.add_argument(
         "--also",
         action="append",
@@ -225,9 +220,7 @@ def main() -> None:
     with workspace() as scratch:
         overlay = bus_overlay(args.before_bus, scratch) if args.before_bus else None
         before = code_overlay(args.before, scratch / "before") if args.before else None
-        options = Options(
-            overlay, args.pg, args.profile, before, args.prefetch, tuple(args.also)
-        )
+        options = Options(overlay, args.pg, args.profile, before, tuple(args.also))
         run_all(sizes, set(args.only.split(",")), options)
 
 
@@ -238,7 +231,7 @@ def _also(text: str) -> tuple[str, tuple[tuple[str, str], ...]]:
         (key, value)
         for key, _, value in (pair.partition("=") for pair in pairs.split(",") if pair)
     )
-    if not name or not env or any(not k.startswith(("DLAAS_", "BENCH_")) for k, _ in env):
+    if not name or not env or any(not k.startswith("DLAAS_") for k, _ in env):
         raise argparse.ArgumentTypeError(f"not NAME:DLAAS_X=V[,...]: {text!r}")
     return name, env
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage
 
 from bench.common import (
     broker_pid,
@@ -30,8 +29,9 @@ from bench.common import (
     wait_logged,
     workspace,
 )
+from bench.pipeline import open_sink
 from bench.variants import Baseline, Dlaas, Variant
-from dlaas.bus import batch, topology
+from dlaas.bus import topology
 
 WINDOW = 500  # unconfirmed messages in flight while filling
 STALL_S = 30.0  # nothing arrived for this long: the rest is counted lost
@@ -104,22 +104,8 @@ async def drain_once(variant: Variant, n: int) -> BacklogResult:
         broker_before = _status_mb(beam, "VmRSS")
         fill_s = await fill(vhost.url(), run, n)
         broker_filled = _status_mb(beam, "VmRSS")
-        received: dict[str, float] = {}
-        done = asyncio.Event()
-        connection = await aio_pika.connect(vhost.url())
-        channel = await connection.channel()
-        await channel.set_qos(prefetch_count=200)
-
-        async def on_message(message: AbstractIncomingMessage) -> None:
-            for _, body in batch.unbatch(message):  # several files may share one
-                did = variant.did_in(body)
-                if did is not None:
-                    received.setdefault(did, time.time())
-            if len(received) >= n:
-                done.set()
-            await message.ack()
-
-        await (await channel.get_queue(sink)).consume(on_message)
+        at_sink = await open_sink(vhost, sink, variant, n)
+        received = at_sink.received
         started = time.time()
         children = variant.spawn(vhost, workdir)
         try:
@@ -128,7 +114,7 @@ async def drain_once(variant: Variant, n: int) -> BacklogResult:
             startup_s = time.time() - started
             pids = {child.name: child.pid for child in children}
             cpu_started = {name: cpu_seconds(pid) for name, pid in pids.items()}
-            await _until_done_or_stalled(done, received)
+            await _until_done_or_stalled(at_sink.done, received)
             peak = {name: _status_mb(pid, "VmHWM") for name, pid in pids.items()}
             end = {name: _status_mb(pid, "VmRSS") for name, pid in pids.items()}
             cpu = {
@@ -136,7 +122,7 @@ async def drain_once(variant: Variant, n: int) -> BacklogResult:
                 for name, pid in pids.items()
             }
         finally:
-            await connection.close()
+            await at_sink.connection.close()
             stop(children)
         broker_drained = _status_mb(beam, "VmRSS")
     arrivals = sorted(received.values())

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
 from bench.common import (
     Quantiles,
@@ -86,23 +86,7 @@ async def _drive(
     load: tuple[str, int, float],
 ) -> tuple[dict[str, float], dict[str, float]]:
     run, n, rate = load
-    received: dict[str, float] = {}
-    done = asyncio.Event()
-    connection = await aio_pika.connect(vhost.url())
-    channel = await connection.channel()
-    await channel.set_qos(prefetch_count=200)
-
-    async def on_message(message: AbstractIncomingMessage) -> None:
-        for _, body in batch.unbatch(message):  # several files may share one
-            did = variant.did_in(body)
-            if did is not None:
-                received.setdefault(did, time.time())
-        if len(received) >= n:
-            done.set()
-        await message.ack()
-
-    queue = await channel.get_queue(sink_queue)
-    await queue.consume(on_message)
+    sink = await open_sink(vhost, sink_queue, variant, n)
     before = _cpu(pids)
     args = [
         vhost.url(),
@@ -114,11 +98,39 @@ async def _drive(
     ]
     injector = spawn_python("inject", "bench.inject", args, workdir, {})
     try:
-        await _until_done_or_stalled(done, received, injector)
+        await _until_done_or_stalled(sink.done, sink.received, injector)
     finally:
-        await connection.close()
+        await sink.connection.close()
         await asyncio.to_thread(injector.popen.wait, 60)
-    return received, _per_file(before, _cpu(pids), n)
+    return sink.received, _per_file(before, _cpu(pids), n)
+
+
+@dataclass
+class Sink:
+    """The user's end of a pipeline: when each file was first reported to it."""
+
+    connection: AbstractConnection
+    received: dict[str, float]  # DID -> arrival (time.time())
+    done: asyncio.Event  # set once ``n`` files arrived
+
+
+async def open_sink(vhost: Vhost, queue: str, variant: Variant, n: int) -> Sink:
+    """Consume ``queue`` (the sink) on a connection of its own (close it after)."""
+    sink = Sink(await aio_pika.connect(vhost.url()), {}, asyncio.Event())
+    channel = await sink.connection.channel()
+    await channel.set_qos(prefetch_count=200)
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        for _, body in batch.unbatch(message):  # several files may share one
+            did = variant.did_in(body)
+            if did is not None:
+                sink.received.setdefault(did, time.time())
+        if len(sink.received) >= n:
+            sink.done.set()
+        await message.ack()
+
+    await (await channel.get_queue(queue)).consume(on_message)
+    return sink
 
 
 async def _until_done_or_stalled(

@@ -76,7 +76,6 @@ class Dlaas:
     pythonpath: str | None = (
         None  # another ``dlaas`` package to run (before/after a change)
     )
-    prefetch: int | None = None  # DLAAS_BUS__PREFETCH of every service (None: default)
     env: tuple[tuple[str, str], ...] = ()  # more DLAAS_* settings of every service
 
     async def prepare(self, vhost: Vhost, workdir: Path, run: str, n: int) -> str:
@@ -118,8 +117,6 @@ class Dlaas:
         }
         if self.pythonpath:
             env["PYTHONPATH"] = self.pythonpath
-        if self.prefetch:
-            env["DLAAS_BUS__PREFETCH"] = str(self.prefetch)
         env.update(self.env)
         return [spawn_python(s, "bench.svc", [s], workdir, env) for s in SERVICES]
 

@@ -113,6 +113,12 @@ async def test_batching_off_publishes_one_message_per_event(broker: Vhost) -> No
         await bus.close()
 
 
+def _own_queue() -> topology.QueueSpec:
+    """A work queue of this test's alone, bound to a routing key nobody else uses."""
+    tag = uuid.uuid4().hex[:8]
+    return topology.QueueSpec(f"test.batching.{tag}", ((topology.EVENTS, f"test.{tag}"),))
+
+
 async def _first(
     channel: aio_pika.abc.AbstractChannel, name: str
 ) -> AbstractIncomingMessage:
@@ -141,10 +147,7 @@ async def test_in_a_batch_a_failing_event_is_retried_alone_and_a_bad_one_dead_le
     broker: Vhost,
 ) -> None:
     settings = _settings(broker)
-    spec = topology.QueueSpec(
-        f"test.batching.{uuid.uuid4().hex[:8]}",
-        ((topology.EVENTS, f"test.{uuid.uuid4().hex[:8]}"),),
-    )
+    spec = _own_queue()
     good = [_visible(n) for n in range(4)]
     flaky = good[1]
     calls: Counter[uuid.UUID] = Counter()
@@ -205,10 +208,7 @@ async def test_a_batch_on_a_queue_that_takes_none_is_dead_lettered_whole(
     broker: Vhost,
 ) -> None:
     settings = _settings(broker)
-    spec = topology.QueueSpec(
-        f"test.batching.{uuid.uuid4().hex[:8]}",
-        ((topology.EVENTS, f"test.{uuid.uuid4().hex[:8]}"),),
-    )
+    spec = _own_queue()
     bus = await Bus(settings, name="test").connect()
     consumer = Consumer(bus, spec, decoders.hermes(()), {})
     await consumer.start()

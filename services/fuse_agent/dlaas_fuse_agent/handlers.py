@@ -41,23 +41,6 @@ def _readable(path: Path) -> None:
         raise _UnreadableError(str(exc)) from exc
 
 
-def _make_dirs(base: Path, parent: Path) -> None:
-    """Create base/... down to ``parent``, refusing any step that is a symlink.
-
-    A user who can write in their view could plant ``scope -> /etc``: following it would
-    write outside the view.
-    """
-    base.parent.mkdir(parents=True, exist_ok=True)
-    steps = [base]
-    for part in parent.relative_to(base).parts:
-        steps.append(steps[-1] / part)
-    for current in steps:
-        with contextlib.suppress(FileExistsError):
-            current.mkdir()
-        if current.is_symlink() or not current.is_dir():
-            raise PermanentError(f"{current} is not a plain directory of the user's view")
-
-
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -71,8 +54,8 @@ def _open_step(name: str | Path, where: int | None, shown: Path) -> int:
                 raise
             with contextlib.suppress(FileExistsError):
                 os.mkdir(name, dir_fd=where)
-        except (NotADirectoryError, OSError) as exc:
-            if isinstance(exc, NotADirectoryError) or exc.errno == errno.ELOOP:
+        except OSError as exc:
+            if exc.errno in (errno.ENOTDIR, errno.ELOOP):  # a file, or a symlink
                 raise PermanentError(
                     f"{shown} is not a plain directory of the user's view"
                 ) from exc
@@ -99,6 +82,11 @@ def _open_view_dir(base: Path, parent: Path) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _make_view_dir(base: Path, parent: Path) -> None:
+    """Make ``parent`` below ``base`` as :func:`_open_view_dir` does (download mode)."""
+    os.close(_open_view_dir(base, parent))
 
 
 def _link(view: Path, target: Path, base: Path) -> None:
@@ -216,7 +204,7 @@ class FuseAgent:
         base = domain.user_view(self.options.views_root, event.user)
         url = event.cache_url if spec.read_from == "cache" else event.pfn
         try:
-            await asyncio.to_thread(_make_dirs, base, view.parent)
+            await asyncio.to_thread(_make_view_dir, base, view.parent)
             copied = await blocking.call(
                 lambda: download.download(
                     url, view, size=event.bytes, adler32=event.adler32,

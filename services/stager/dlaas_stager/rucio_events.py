@@ -33,7 +33,9 @@ class RucioEvents:
     recheck_s: tuple[float, ...] = ()  # waits before asking again for a replica
     # handlers waiting to ask again, at most RECHECKING: each holds a prefetch slot, and
     # rule_ok and the other files' events must keep flowing past them
-    _rechecking: list[int] = field(default_factory=lambda: [0], init=False)
+    _rechecks: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(RECHECKING), init=False
+    )
 
     def _instance(self, delivery: Delivery) -> str | None:
         """The instance whose hermes sent this (its routing key); None: not one of ours."""
@@ -59,10 +61,9 @@ class RucioEvents:
                 return  # not ours, already staged, or not recorded yet (checked after rules)
             batcher = self.instances.batcher(instance)
             replica = await batcher.replica(did, payload.dst_rse)
-            if (replica is None or not replica.available) and (
-                self._rechecking[0] < RECHECKING
-            ):
-                replica = await self._recheck(batcher, did, payload.dst_rse)
+            if (replica is None or not replica.available) and not self._rechecks.locked():
+                async with self._rechecks:  # a free slot, taken at once
+                    replica = await self._recheck(batcher, did, payload.dst_rse)
             if replica is not None and replica.available:
                 await self.announcer.stage(waiting, {did: replica})
                 return
@@ -77,17 +78,13 @@ class RucioEvents:
         self, batcher: ReplicaBatcher, did: str, rse: str
     ) -> Replica | None:
         """Ask again after each wait of ``recheck_s`` until the replica is AVAILABLE."""
-        self._rechecking[0] += 1
-        try:
-            replica = None
-            for wait in self.recheck_s:  # Rucio's finisher is often seconds behind
-                await asyncio.sleep(wait)
-                replica = await batcher.replica(did, rse)
-                if replica is not None and replica.available:
-                    break
-            return replica
-        finally:
-            self._rechecking[0] -= 1
+        replica = None
+        for wait in self.recheck_s:  # Rucio's finisher is often seconds behind
+            await asyncio.sleep(wait)
+            replica = await batcher.replica(did, rse)
+            if replica is not None and replica.available:
+                break
+        return replica
 
     async def on_transfer_failed(
         self, payload: TransferFinished, delivery: Delivery

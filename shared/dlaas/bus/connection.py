@@ -16,6 +16,7 @@ from aio_pika.abc import (
     AbstractExchange,
     AbstractIncomingMessage,
     AbstractRobustConnection,
+    FieldValue,
 )
 
 from dlaas.bus import batch, topology
@@ -353,36 +354,31 @@ class Bus:
 
     async def _send(self, key: _Route, items: list[_Outgoing]) -> None:
         """One message for ``items``: a plain event if alone, else a batch."""
+        headers: dict[str, FieldValue] | None
         if len(items) == 1:
-            item = items[0]
-            message = aio_pika.Message(
-                body=item.body,
-                content_type=JSON,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                message_id=item.message_id,
-                correlation_id=item.correlation_id,
-                type=item.event_type,
-                user_id=key.user_id,
-                app_id=self.name,
-            )
+            alone = items[0]
+            body, kind, message_id = alone.body, alone.event_type, alone.message_id
+            correlation_id, headers = alone.correlation_id, None
         else:
-            message = aio_pika.Message(
-                body=batch.pack(
-                    [
-                        batch.item_json(
-                            i.event_type, i.body, i.message_id, i.correlation_id
-                        )
-                        for i in items
-                    ]
-                ),
-                content_type=JSON,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                message_id=str(uuid.uuid4()),
-                type=batch.BATCH_TYPE,
-                user_id=key.user_id,
-                app_id=self.name,
-                headers={batch.BATCH_HEADER: len(items)},
+            body = batch.pack(
+                [
+                    batch.item_json(i.event_type, i.body, i.message_id, i.correlation_id)
+                    for i in items
+                ]
             )
+            kind, message_id = batch.BATCH_TYPE, str(uuid.uuid4())
+            correlation_id, headers = None, {batch.BATCH_HEADER: len(items)}
+        message = aio_pika.Message(
+            body=body,
+            content_type=JSON,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message_id,
+            correlation_id=correlation_id,
+            type=kind,
+            user_id=key.user_id,
+            app_id=self.name,
+            headers=headers,
+        )
         strict = key.mandatory and not self.mandatory
         try:
             exchanges = await self._strict_exchanges() if strict else self._exchanges

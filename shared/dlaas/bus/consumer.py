@@ -208,7 +208,7 @@ class Consumer:
         ):
             started = time.perf_counter()
             if message.type == batch.BATCH_TYPE:  # its events take a slot each
-                kind, outcome = await self._process(message, attempt)
+                kind, outcome = await self._process_batch(_Source(message), attempt)
             else:
                 async with self._slots:
                     kind, outcome = await self._process(message, attempt)
@@ -239,8 +239,6 @@ class Consumer:
         self, message: AbstractIncomingMessage, attempt: int
     ) -> tuple[str, str]:
         source = _Source(message)
-        if message.type == batch.BATCH_TYPE:
-            return await self._process_batch(source, attempt)
         try:
             decoded = self._decode(message)
         except (MessageRejectedError, ValidationError, ValueError) as exc:
