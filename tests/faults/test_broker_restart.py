@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.variants import SERVICES
 from tests.faults.pipeline import Burst, Inbox, Replicas, judge
 from tests.faults.private_rabbit import PrivateRabbit
 from tests.faults.report import FaultFigure, Record
@@ -21,17 +22,25 @@ pytestmark = [pytest.mark.faults]
 FILES = 200
 
 
-async def test_a_broker_restarted_mid_burst_loses_nothing(
-    private_rabbit: PrivateRabbit, tmp_path: Path, fault_report: Record
-) -> None:
-    replicas = Replicas(
-        private_rabbit.url(),
+def _one_each(
+    rabbit: PrivateRabbit, tmp_path: Path, services: tuple[str, ...] = SERVICES
+) -> Replicas:
+    """One process of each service on the private node, reconnecting every second."""
+    return Replicas(
+        rabbit.url(),
         tmp_path,
         stager_db=f"sqlite+aiosqlite:///{tmp_path / 'stager.db'}",
         notifier_db=f"sqlite+aiosqlite:///{tmp_path / 'notifier.db'}",
         replicas=1,
         extra_env={"DLAAS_BUS__RECONNECT_INTERVAL_S": "1"},
+        services=services,
     )
+
+
+async def test_a_broker_restarted_mid_burst_loses_nothing(
+    private_rabbit: PrivateRabbit, tmp_path: Path, fault_report: Record
+) -> None:
+    replicas = _one_each(private_rabbit, tmp_path)
     await replicas.prepare()
     await asyncio.to_thread(replicas.start)
     try:
@@ -70,15 +79,7 @@ async def test_a_broker_restarted_mid_burst_loses_nothing(
 async def test_services_stop_cleanly_on_sigterm_while_the_broker_is_down(
     private_rabbit: PrivateRabbit, tmp_path: Path, fault_report: Record
 ) -> None:
-    replicas = Replicas(
-        private_rabbit.url(),
-        tmp_path,
-        stager_db=f"sqlite+aiosqlite:///{tmp_path / 'stager.db'}",
-        notifier_db=f"sqlite+aiosqlite:///{tmp_path / 'notifier.db'}",
-        replicas=1,
-        extra_env={"DLAAS_BUS__RECONNECT_INTERVAL_S": "1"},
-        services=("stager", "notifier"),
-    )
+    replicas = _one_each(private_rabbit, tmp_path, services=("stager", "notifier"))
     await replicas.prepare()
     await asyncio.to_thread(replicas.start)
     exits: dict[str, tuple[int | None, float]] = {}
