@@ -82,6 +82,7 @@ class _Source:
     message: AbstractIncomingMessage
     item: batch.Item | None = None
     failed: bool = False  # an event's retry or dead-letter copy could not be sent
+    left: bool = False  # not handled: the consumer was stopping
 
     def copy(self, headers: dict[str, str | int]) -> aio_pika.Message:
         """A plain message of the event with ``headers`` added (retry, park, dead letter)."""
@@ -161,6 +162,10 @@ class Consumer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._slots = asyncio.Semaphore(bus.settings.handlers)
+        # stopping: what is not yet in a handler is left unacked (the broker gives it again
+        # once the channel closes), so a stop waits for the handlers running, not for every
+        # event of every batch in the prefetch
+        self._stopping = False
 
     async def start(self) -> None:
         """Declare the queue (with its retry and dead-letter queues) and consume."""
@@ -176,6 +181,7 @@ class Consumer:
         Whatever is still unacked after ``grace_s`` returns to the queue when the channel
         closes, and is redelivered: handlers are idempotent.
         """
+        self._stopping = True
         if self._queue is not None and self._tag is not None:
             await self._queue.cancel(self._tag)
             self._tag = None
@@ -211,6 +217,8 @@ class Consumer:
                 kind, outcome = await self._process_batch(_Source(message), attempt)
             else:
                 async with self._slots:
+                    if self._stopping:
+                        return  # left unacked: given again once the channel closes
                     kind, outcome = await self._process(message, attempt)
             duration = time.perf_counter() - started
             self._observe(kind, outcome, duration)
@@ -288,6 +296,8 @@ class Consumer:
         await asyncio.gather(
             *(self._batch_item(s, attempt, item_decoder) for s in sources)
         )
+        if any(s.left for s in sources):
+            return "batch", "left"  # unacked: given again (handled events are idempotent)
         if any(s.failed for s in sources):
             await self.bus.acks.reject(message)  # the queue's own dead-letter route
             return "batch", "rejected"
@@ -300,6 +310,9 @@ class Consumer:
         item = source.item
         assert item is not None  # noqa: S101 (only batch items come here)
         async with self._slots:
+            if self._stopping:
+                source.left = True
+                return
             await self._handle_item(source, item, attempt, decode)
 
     async def _handle_item(
