@@ -71,6 +71,7 @@ class Options:
     before: str | None = None  # PYTHONPATH of another revision's library and services
     # also dlaas with these settings: (name, ((DLAAS_X, value), ...)), from --also
     also: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+    hops: bool = False  # time each hop of dlaas's pipeline in the latency section
 
 
 def _variants(options: Options, pg_url: str | None = None) -> list[Variant]:
@@ -148,7 +149,8 @@ async def latency(sizes: Sizes, base: float, options: Options) -> list[RunResult
     results = []
     for rate in (100.0, round(base / 2)):
         for variant in _variants(options):
-            result = await run_once(variant, sizes.latency_files, rate)
+            spy = options.hops and isinstance(variant, Dlaas)
+            result = await run_once(variant, sizes.latency_files, rate, hops=spy)
             results.append(result)
             print(f"  latency {variant.name} at {rate:.0f}/s done", flush=True)
     return results
@@ -170,6 +172,18 @@ def print_latency(results: list[RunResult]) -> None:
             f"{r.latency.p99:.0f} | {r.latency.max:.0f} | {r.polled.p50:.0f} | "
             f"{r.polled.p99:.0f} | {r.lost} |"
         )
+    with_hops = [r for r in results if r.hops]
+    if not with_hops:
+        return
+    print("\n## Where the time goes: each hop, first publication to the next (ms)")
+    print("| pipeline | offered/s | hop | p50 | p99 | max |")
+    print("|---|---|---|---|---|---|")
+    for r in with_hops:
+        for name, q in r.hops.items():
+            print(
+                f"| {r.variant} | {r.offered:.0f} | {name} | {q.p50:.1f} | "
+                f"{q.p99:.1f} | {q.max:.1f} |"
+            )
 
 
 def main() -> None:
@@ -209,6 +223,11 @@ def main() -> None:
         help="also run dlaas named NAME with these settings (repeatable), e.g. "
         "nobatch:DLAAS_BUS__BATCH_MAX_EVENTS=1",
     )
+    parser.add_argument(
+        "--hops",
+        action="store_true",
+        help="latency section: also time each hop of dlaas (a spy on its events)",
+    )
     args = parser.parse_args()
     sizes = FULL if args.full else SMALL
     if args.runs:
@@ -220,7 +239,9 @@ def main() -> None:
     with workspace() as scratch:
         overlay = bus_overlay(args.before_bus, scratch) if args.before_bus else None
         before = code_overlay(args.before, scratch / "before") if args.before else None
-        options = Options(overlay, args.pg, args.profile, before, tuple(args.also))
+        options = Options(
+            overlay, args.pg, args.profile, before, tuple(args.also), args.hops
+        )
         run_all(sizes, set(args.only.split(",")), options)
 
 

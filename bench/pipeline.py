@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aio_pika
@@ -26,7 +27,7 @@ from bench.common import (
 )
 from bench.profile import sampling
 from bench.variants import Variant
-from dlaas.bus import batch
+from dlaas.bus import batch, topology
 from dlaas_devstack import _proc
 from dlaas_devstack.broker import Vhost
 
@@ -46,12 +47,24 @@ class RunResult:
     polled: Quantiles  # the same seen by a client polling every POLL_S
     cpu_ms: dict[str, float]  # CPU per file of each process and of the broker
     lost: int = 0  # files whose notification never came (dead-lettered on the way)
+    # with a spy on dlaas's events: how long each hop took (ms), "hermes -> file-staged"...
+    hops: dict[str, Quantiles] = field(default_factory=dict)
 
 
 async def run_once(
-    variant: Variant, n: int, rate: float, *, profile: Path | None = None
+    variant: Variant,
+    n: int,
+    rate: float,
+    *,
+    profile: Path | None = None,
+    hops: bool = False,
 ) -> RunResult:
-    """Run ``n`` files through ``variant`` on a throwaway vhost."""
+    """Run ``n`` files through ``variant`` on a throwaway vhost.
+
+    ``hops``: also time each hop of dlaas's pipeline (a spy on its events exchange; costs
+    the broker a delivery per event, so the end-to-end figures of such a run are a little
+    worse).
+    """
     run = uuid.uuid4().hex[:6]
     with throwaway_vhost() as vhost, workspace() as workdir:
         sink_queue = await variant.prepare(vhost, workdir, run, n)
@@ -60,6 +73,7 @@ async def run_once(
             for child in children:
                 wait_logged(child, "service_started")
             pids = {child.name: child.pid for child in children}
+            spy = await open_spy(vhost) if hops else None
             with sampling(pids, profile):
                 received, cpu = await _drive(
                     variant,
@@ -69,11 +83,18 @@ async def run_once(
                     pids=pids,
                     load=(run, n, rate),
                 )
+            if spy is not None:
+                await spy.connection.close()
         finally:
             stop(children)
         sent = json.loads((workdir / "sent.json").read_text())
-    arrived = [received.get(did_of(i, run)) for i in range(n)]
-    return _result(variant.name, n, rate, sent=sent, received=arrived, cpu=cpu)
+    dids = [did_of(i, run) for i in range(n)]
+    arrived = [received.get(did) for did in dids]
+    result = _result(variant.name, n, rate, sent=sent, received=arrived, cpu=cpu)
+    if spy is None:
+        return result
+    seen = {**spy.seen, "notification": received}
+    return dataclasses.replace(result, hops=_hops(dids, sent, seen))
 
 
 async def _drive(
@@ -131,6 +152,50 @@ async def open_sink(vhost: Vhost, queue: str, variant: Variant, n: int) -> Sink:
 
     await (await channel.get_queue(queue)).consume(on_message)
     return sink
+
+
+HOPS = ("file-staged", "file-ready", "file-visible", "notification")
+
+
+@dataclass
+class Spy:
+    """When each of dlaas's per-file events was first published, per type and DID."""
+
+    connection: AbstractConnection
+    seen: dict[str, dict[str, float]]
+
+
+async def open_spy(vhost: Vhost) -> Spy:
+    """Watch every event on dlaas's events exchange (a queue of its own, auto-deleted)."""
+    spy = Spy(await aio_pika.connect(vhost.url()), {kind: {} for kind in HOPS})
+    channel = await spy.connection.channel()
+    queue = await channel.declare_queue(exclusive=True)
+    await queue.bind(topology.EVENTS, "#")
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        now = time.time()
+        for kind, body in batch.unbatch(message):
+            seen = spy.seen.get((kind or "").rpartition(".v")[0])
+            if seen is not None:
+                seen.setdefault(json.loads(body)["did"], now)
+
+    await queue.consume(on_message, no_ack=True)
+    return spy
+
+
+def _hops(
+    dids: list[str], sent: list[float], seen: dict[str, dict[str, float]]
+) -> dict[str, Quantiles]:
+    """Each hop's time (ms) for the files seen at both of its ends."""
+    times = {}
+    before, starts = "hermes", dict(zip(dids, sent, strict=True))
+    for kind in HOPS:
+        ends = seen[kind]
+        spans = [ends[d] - starts[d] for d in dids if d in starts and d in ends]
+        if spans:
+            times[f"{before} -> {kind}"] = Quantiles.of(spans)
+        before, starts = kind, ends
+    return times
 
 
 async def _until_done_or_stalled(
