@@ -6,15 +6,19 @@ Through aiosqlite every statement is several round trips to its thread, each a G
 hand-over that a busy loop makes slow; a batch of a few statements is microseconds of
 SQLite work, cheaper run in place. It never waits for a lock on the loop: the lock is tried
 without waiting, and while another connection holds it (a big ``save_request`` through the
-async engine) the loop sleeps a little and the whole batch is tried again.
+async engine) the loop sleeps a little and the whole batch is tried again. Its commits never
+checkpoint the WAL into the database (SQLite's default: the commit that fills 1,000 pages
+does, a stall of several milliseconds for every batch queued behind it): a thread of its
+own does, after every ``CHECKPOINT_EVERY`` commits, beside the writers (PASSIVE).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
@@ -25,6 +29,7 @@ from dlaas.errors import TransientError, is_transaction_conflict
 
 T = TypeVar("T")
 BUSY_TIMEOUT_S = 60  # a writer waits this long for another's lock, then fails
+CHECKPOINT_EVERY = 200  # commits of a LoopSqlite between two checkpoints of its WAL
 _MEMORY = ("sqlite+aiosqlite://", "sqlite+aiosqlite:///:memory:")
 
 
@@ -46,6 +51,13 @@ def sqlite_pragmas(connection: Any, _: object) -> None:  # noqa: ANN401  (DB-API
     cursor.close()
 
 
+def _no_autocheckpoint(connection: Any, _: object) -> None:  # noqa: ANN401  (DB-API connection)
+    """Commits of this connection leave the WAL to the checkpoint thread."""
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA wal_autocheckpoint=0")
+    cursor.close()
+
+
 def _wrote(conn: sa.Connection) -> bool:
     """Whether SQLite has a write transaction open (reads alone never open one)."""
     return bool(conn.connection.dbapi_connection.in_transaction)  # type: ignore[union-attr]
@@ -60,7 +72,11 @@ class LoopSqlite:
             connect_args={"timeout": 0, "check_same_thread": False},
         )
         sa.event.listen(self.engine, "connect", sqlite_pragmas)
+        sa.event.listen(self.engine, "connect", _no_autocheckpoint)
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-commit")
+        self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-checkpoint")
+        self._commits = 0
+        self._checkpoint: Future[None] | None = None
 
     async def run(self, work: Callable[[sa.Connection], T]) -> T:
         """Run ``work`` in one transaction, committed (on disk) when it returns."""
@@ -75,6 +91,7 @@ class LoopSqlite:
                         conn
                     ):  # the commit waits for the disk (fsync): off the loop
                         await loop.run_in_executor(self._committer, transaction.commit)
+                        self._committed()
                     else:
                         transaction.commit()  # nothing written: nothing to wait for
                     return result
@@ -83,8 +100,24 @@ class LoopSqlite:
                     raise
             await asyncio.sleep(0.005)
 
+    def _committed(self) -> None:
+        self._commits += 1
+        if self._commits % CHECKPOINT_EVERY == 0 and (
+            self._checkpoint is None or self._checkpoint.done()
+        ):
+            self._checkpoint = self._checkpointer.submit(self._checkpoint_wal)
+
+    def _checkpoint_wal(self) -> None:
+        """Copy committed WAL pages into the database, writers going on meanwhile."""
+        with (
+            contextlib.suppress(sa.exc.OperationalError),  # busy: the next one will
+            self.engine.connect() as conn,
+        ):
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+
     def close(self) -> None:
         """Release the connection."""
+        self._checkpointer.shutdown()
         self.engine.dispose()
         self._committer.shutdown()
 
