@@ -69,12 +69,6 @@ class BusSettings(BaseModel):
         description="Events of one kind published in the same moment travel together in "
         "one message, at most this many (a consumer handles each on its own); 1: never",
     )
-    publish_rounds: int = Field(
-        default=4,
-        ge=1,
-        description="Sends awaiting their confirms at once; more publishes meanwhile "
-        "gather into the next (low latency when quiet, batches under load)",
-    )
     retry_delays_s: tuple[float, ...] = Field(
         default=(1.0, 5.0, 30.0, 120.0),
         description="Backoff of transient failures; one retry queue per delay",

@@ -113,27 +113,6 @@ async def test_batching_off_publishes_one_message_per_event(broker: Vhost) -> No
         await bus.close()
 
 
-async def test_publishes_go_at_once_until_publish_rounds_await_their_confirms(
-    broker: Vhost,
-) -> None:
-    """Quiet: each event leaves in its own loop turn. Busy: the next ones gather."""
-    bus = await Bus(_settings(broker, publish_rounds=2), name="test").connect()
-    try:
-        async with _spy(broker.url(), FileVisible.routing_key()) as got:
-            sent = []
-            for n in range(4):  # a few loop turns apart: far quicker than a confirm
-                sent.append(asyncio.ensure_future(bus.publish(_visible(n))))
-                for _ in range(3):  # the publish's send is two turns away
-                    await asyncio.sleep(0)
-            await asyncio.gather(*sent)
-            types, events = await _events(got, 4)
-            # two go out unconfirmed, then the third and fourth wait and share one
-            assert types == [FileVisible.event_type] * 2 + [batch.BATCH_TYPE]
-            assert [e.bytes for e in events] == [0, 1, 2, 3]
-    finally:
-        await bus.close()
-
-
 def _own_queue() -> topology.QueueSpec:
     """A work queue of this test's alone, bound to a routing key nobody else uses."""
     tag = uuid.uuid4().hex[:8]

@@ -122,10 +122,7 @@ class Store:
 
     The per-file operations of the hot path (look-ups by DID, state moves, completion
     checks) of concurrent handlers run in batches, one transaction each (group commit);
-    each caller gets its answer once its batch is committed. Look-ups and moves batch
-    apart: a look-up never waits behind the commit of a batch of moves (it sees the last
-    committed state, as it would a moment earlier; the moves are conditional, so a file
-    seen waiting that another handler is claiming is announced once).
+    each caller gets its answer once its batch is committed.
     """
 
     def __init__(self, url: str, *, default_instance: str = "default") -> None:
@@ -143,7 +140,6 @@ class Store:
         )
         self._local = LoopSqlite(url) if is_file(url) else None
         self._group: GroupRunner[sa.Connection] = GroupRunner(self._transaction)
-        self._reads: GroupRunner[sa.Connection] = GroupRunner(self._transaction)
         # the hot path's statements, built once: SQLAlchemy then only binds values
         self._waiting_by_did = self._waiting().where(
             files_t.c.did.in_(sa.bindparam("dids", expanding=True)),
@@ -247,7 +243,7 @@ class Store:
         the claim and the announcement.
         """
         key = (did, rse, instance or self.default_instance, claimed)
-        return await self._reads.submit(self._waiting_for_files, key)
+        return await self._group.submit(self._waiting_for_files, key)
 
     def _waiting_for_files(
         self, conn: sa.Connection, keys: Sequence[tuple[str, str, str, bool]]
@@ -337,7 +333,7 @@ class Store:
 
     async def open_requests(self, request_ids: Sequence[str]) -> set[str]:
         """Which of these requests still have files to stage or show (one query)."""
-        return await self._reads.submit(self._still_open, tuple(request_ids))
+        return await self._group.submit(self._still_open, tuple(request_ids))
 
     async def is_open(self, request_id: str) -> bool:
         """Whether a request still has files to stage or show (batched with others)."""

@@ -212,7 +212,6 @@ class Bus:
         # events waiting to be published together (see publish)
         self._outbox: dict[_Route, list[_Outgoing]] = {}
         self._flusher: asyncio.Task[None] | None = None
-        self._rounds: set[asyncio.Task[None]] = set()  # sends not yet confirmed
         self._down = False  # the connection was lost and is not back yet
 
     def on_close(self, callback: Callable[[], Awaitable[None]]) -> None:
@@ -309,24 +308,18 @@ class Bus:
         await outgoing.future
 
     async def _flush_outbox(self) -> None:
-        """Send what was published, round by round, until nothing waits (group commit).
-
-        A round sends everything gathered so far (a message per route and chunk). Up to
-        ``publish_rounds`` rounds are in flight at once: below that an event goes out in
-        the loop turn it was published, without waiting for the confirms of events
-        before it; at that many the next round gathers until one is confirmed.
-        """
-        loop = asyncio.get_running_loop()
+        """Send what was published, group by group, until nothing waits (group commit)."""
         try:
             await asyncio.sleep(0)  # let the publishers woken in this loop turn join
             while self._outbox:
-                if len(self._rounds) >= self.settings.publish_rounds:
-                    await asyncio.wait(self._rounds, return_when=asyncio.FIRST_COMPLETED)
-                    continue
                 groups, self._outbox = self._outbox, {}
-                sends = loop.create_task(self._send_round(groups))
-                self._rounds.add(sends)
-                sends.add_done_callback(self._rounds.discard)
+                await asyncio.gather(
+                    *(
+                        self._send_settling(key, chunk)
+                        for key, items in groups.items()
+                        for chunk in self._chunks(items)
+                    )
+                )
         except BaseException as exc:  # cancelled (closing): nobody may wait forever
             for items in self._outbox.values():
                 _answer(items, exc)
@@ -334,15 +327,6 @@ class Bus:
             raise
         finally:
             self._flusher = None
-
-    async def _send_round(self, groups: dict[_Route, list[_Outgoing]]) -> None:
-        await asyncio.gather(
-            *(
-                self._send_settling(key, chunk)
-                for key, items in groups.items()
-                for chunk in self._chunks(items)
-            )
-        )
 
     def _chunks(self, items: list[_Outgoing]) -> list[list[_Outgoing]]:
         """Batches under the event count and half the size a consumer accepts."""
