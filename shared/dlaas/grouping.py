@@ -9,6 +9,11 @@ batch runs the next one gathers: at low load every call runs at once, under load
 grow. If a batch fails, every caller in it sees the error (and retries: handlers are
 idempotent).
 
+A write nobody waits for to go on (the handler's ack only: "told", "visible") may be
+submitted ``lazy``: it rides in the next batch that runs for a caller who does wait, or after
+``linger_s`` if none comes. One commit then serves both, and the commits that do hold a
+user's next step up are not queued behind commits that hold nothing up.
+
 The operations are plain functions of a connection (``C``): the store decides how a unit
 of work reaches its database (on the event loop for a local SQLite file, through the async
 driver otherwise).
@@ -35,34 +40,70 @@ _Entry = tuple[BatchOp[Any, Any, Any], Any, "asyncio.Future[Any]"]
 class GroupRunner(Generic[C]):
     """Runs the operations submitted while the previous batch ran, together."""
 
-    def __init__(self, transaction: Transaction[C], *, max_batch: int = 500) -> None:
+    def __init__(
+        self,
+        transaction: Transaction[C],
+        *,
+        max_batch: int = 500,
+        linger_s: float = 0.05,
+    ) -> None:
         self._transaction = transaction
         self._max_batch = max_batch
+        self._linger_s = linger_s  # the longest a lazy operation waits for company
         self._queue: list[_Entry] = []
+        self._lazy: list[_Entry] = []
         self._runner: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
-    async def submit(self, op: BatchOp[C, T, R], item: T) -> R:
-        """Run ``op`` for ``item`` in the next batch; its result once that batch committed."""
+    async def submit(self, op: BatchOp[C, T, R], item: T, *, lazy: bool = False) -> R:
+        """Run ``op`` for ``item`` in the next batch; its result once that batch committed.
+
+        ``lazy``: in the next batch that runs anyway, or after ``linger_s``.
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
-        self._queue.append((op, item, future))
-        if self._runner is None:
-            self._runner = loop.create_task(self._drain())
+        if lazy:
+            self._lazy.append((op, item, future))
+            if self._runner is None:
+                self._arm(loop)
+        else:
+            self._queue.append((op, item, future))
+            if self._runner is None:
+                self._runner = loop.create_task(self._drain())
         return await future
 
-    async def _drain(self) -> None:
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._timer is None:
+            self._timer = loop.call_later(self._linger_s, self._linger_over, loop)
+
+    def _linger_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        if self._runner is None and self._lazy:
+            self._runner = loop.create_task(self._drain(lazy_alone=True))
+
+    async def _drain(self, *, lazy_alone: bool = False) -> None:
         try:
             await asyncio.sleep(0)  # let the handlers woken in this loop turn join
-            while self._queue:
-                batch = self._queue[: self._max_batch]
-                del self._queue[: self._max_batch]
+            while self._queue or (lazy_alone and self._lazy):
+                lazy_alone = False
+                batch = self._lazy[: self._max_batch]
+                del self._lazy[: self._max_batch]
+                if not self._lazy and self._timer is not None:
+                    self._timer.cancel()  # all taken: the next lazy one waits its own
+                    self._timer = None
+                room = self._max_batch - len(batch)
+                batch += self._queue[:room]
+                del self._queue[:room]
                 await self._run(batch)
         except BaseException as exc:  # cancelled (shutdown): nobody may wait forever
-            _fail(self._queue, exc)
+            _fail(self._queue + self._lazy, exc)
             self._queue.clear()
+            self._lazy.clear()
             raise
         finally:
             self._runner = None
+            if self._lazy:  # came while the last batch ran: the next one, or the timer
+                self._arm(asyncio.get_running_loop())
 
     async def _run(self, batch: list[_Entry]) -> None:
         by_op: dict[BatchOp[Any, Any, Any], list[int]] = {}

@@ -132,6 +132,31 @@ async def test_a_failing_batch_fails_every_caller_and_the_next_batch_runs() -> N
     assert await runner.submit(double, 4) == 8
 
 
+async def test_a_lazy_operation_rides_with_the_next_batch_or_goes_after_its_linger() -> (
+    None
+):
+    batches: list[list[str]] = []
+
+    async def transaction(work: Callable[[None], list[Any]]) -> list[Any]:
+        return work(None)
+
+    def note(_: None, items: Sequence[str]) -> list[str]:
+        batches.append(list(items))
+        return [item.upper() for item in items]
+
+    runner: GroupRunner[None] = GroupRunner(transaction, linger_s=0.2)
+    lazy = asyncio.ensure_future(runner.submit(note, "told", lazy=True))
+    await asyncio.sleep(0.05)
+    assert batches == []  # waits for company
+    assert await runner.submit(note, "claim") == "CLAIM"
+    assert batches == [["told", "claim"]]  # one transaction for both
+    assert await lazy == "TOLD"
+    started = asyncio.get_running_loop().time()
+    assert await runner.submit(note, "alone", lazy=True) == "ALONE"
+    assert asyncio.get_running_loop().time() - started >= 0.2  # none came: its linger
+    assert batches[-1] == ["alone"]
+
+
 def _note(
     rid: uuid.UUID, kind: str, did: str | None = None, **fields: object
 ) -> Notification:

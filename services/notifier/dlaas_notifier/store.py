@@ -258,9 +258,9 @@ class Store:
             )
 
     async def mark_notified(self, note: Notification) -> None:
-        """The notebook channel has told ``note``'s fact."""
+        """The notebook channel has told ``note``'s fact (lazy: holds only the ack up)."""
         key = (str(note.request_id), fact_key(note))
-        await self._group.submit(_mark_notified, key)
+        await self._group.submit(_mark_notified, key, lazy=True)
 
     async def choose_channels(
         self,
