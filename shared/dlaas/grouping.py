@@ -9,7 +9,7 @@ batch runs the next one gathers: at low load every call runs at once, under load
 grow. If a batch fails, every caller in it sees the error (and retries: handlers are
 idempotent).
 
-A write nobody waits for to go on (the handler's ack only: "told", "visible") may be
+A write nobody waits for to go on (only the handler's ack: the notifier's "told") may be
 submitted ``lazy``: it rides in the next batch that runs for a caller who does wait, or after
 ``linger_s`` if none comes. One commit then serves both, and the commits that do hold a
 user's next step up are not queued behind commits that hold nothing up.

@@ -206,9 +206,7 @@ class Stager:
         """The user can open the file: count it towards completion."""
         where = (event.path, event.pfn, event.cache_url)
         request_id = str(event.request_id)
-        await self.store.set_file_state(
-            request_id, event.did, VISIBLE, where=where, lazy=True
-        )
+        await self.store.set_file_state(request_id, event.did, VISIBLE, where=where)
         # after the commit, in a transaction of its own: of two replicas settling a
         # request's last files at once, the later one sees both (one transaction for the
         # move and the check would let each miss the other's uncommitted move)

@@ -299,15 +299,10 @@ class Store:
         *,
         reason: str | None = None,
         where: tuple[str, str, str] | None = None,
-        lazy: bool = False,
     ) -> bool:
-        """Move a file to ``state`` unless it is there or final; whether it moved (atomic).
-
-        ``lazy``: the move holds no announcement up, only the caller's ack (see
-        :class:`dlaas.grouping.GroupRunner`); it shares the next claim's commit.
-        """
+        """Move a file to ``state`` unless it is there or final; whether it moved (atomic)."""
         move = _Move(request_id, did, state, reason, where)
-        return await self._group.submit(self._move_files, move, lazy=lazy)
+        return await self._group.submit(self._move_files, move)
 
     def _move_files(self, conn: sa.Connection, moves: Sequence[_Move]) -> list[bool]:
         """Many moves: one UPDATE ... RETURNING per target state, in the caller's order."""
