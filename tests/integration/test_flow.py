@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from pathlib import Path
 
 import aio_pika
 import pytest
 
 from dlaas.bus import batch, topology
+from dlaas.bus.connection import Bus
 from dlaas.bus.consumer import ATTEMPT_HEADER
 from dlaas.client.api import StageResult, astage, await_request
-from dlaas.contracts import FileVisible, Notification
+from dlaas.contracts import FileVisible, Notification, ReadyEntry, RequestStatus
 from dlaas.settings import BusSettings
 from dlaas_devstack.broker import Vhost
 from dlaas_stager.store import STAGED, Store
@@ -371,3 +373,49 @@ async def test_a_transfer_done_before_rucio_marks_the_replica_is_checked_again_s
         await asyncio.gather(*tasks)
     assert result.ok, result
     assert list(result.ready) == [file.did]
+
+
+async def test_a_completion_with_files_not_heard_of_asks_for_the_status_again(
+    broker: Vhost,
+) -> None:
+    """A client that began listening after a file's notification, and whose status report
+    was made a moment before the stager recorded that file, learns of it once the
+    request completes (the test plays the stager and the notifier)."""
+    settings = BusSettings.model_validate({"url": broker.url()})
+    stager = await Bus(settings, name="stager").connect()
+    try:
+        await topology.declare_all(stager.channel, settings)
+        asks = await stager.channel.get_queue(topology.STAGER_REQUESTS.name)
+        rid, user = uuid.uuid4(), "alice"
+        files = [
+            ReadyEntry(did=f"user.alice:f{n}", path=f"/v/f{n}", pfn="p", cache_url="c",
+                       bytes=10)
+            for n in range(2)
+        ]  # fmt: skip
+        waiting = asyncio.ensure_future(
+            await_request(rid, timeout=20, settings=_bus(broker.url(user)))
+        )
+        reports = [files[:1], files]  # the first report lags; the second has both
+        for ready in reports:
+            async with asyncio.timeout(10):
+                while (message := await asks.get(fail=False)) is None:
+                    await asyncio.sleep(0.05)
+            await message.ack()
+            report = RequestStatus(
+                request_id=rid, user=user, files_total=2, files_ready=len(ready),
+                state="accepted" if len(ready) < 2 else "completed", ready=ready,
+            )  # fmt: skip
+            key = topology.status_routing_key(user, str(rid))
+            await stager.publish(report, exchange=topology.NOTIFY, routing_key=key)
+            if len(ready) < 2:  # what the notifier sends once the last file is visible
+                done = Notification(
+                    request_id=rid, user=user, kind="completed", text="done",
+                    files_ready=2, source_event_id=str(uuid.uuid4()),
+                )  # fmt: skip
+                key = topology.notify_routing_key(user, str(rid))
+                await stager.publish(done, exchange=topology.NOTIFY, routing_key=key)
+        result = await waiting
+    finally:
+        await stager.close()
+    assert result.done
+    assert sorted(result.ready) == [f.did for f in files]

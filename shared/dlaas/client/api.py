@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import zlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from uuid import UUID, uuid4
 
@@ -61,8 +61,15 @@ async def _collect(
     on_update: Listener | None,
     *,
     until: tuple[str, ...] = (),
+    ask_again: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Fold notifications in until the request is done (or one of the ``until`` kinds)."""
+    """Fold notifications in until the request is done (or one of the ``until`` kinds).
+
+    A request that completed with files this client has not heard of (they were told
+    before it listened, and its status report was made a moment before the stager
+    recorded them) is asked about once more with ``ask_again``: the completion comes
+    after every file is recorded, so the next report has them all.
+    """
     async with asyncio.timeout(timeout), queue.iterator() as messages:
         async for message in messages:
             async with message.process():
@@ -80,6 +87,9 @@ async def _collect(
                 finished |= note.kind in until or (not until and result.done)
             if finished:
                 return
+            if ask_again is not None and not until and result.completed:
+                await ask_again()
+                ask_again = None
 
 
 async def astage(
@@ -150,8 +160,17 @@ async def _ask(
         # user_id: RabbitMQ checks it against our login, so the stager can trust it
         await bus.publish(event, correlation_id=str(event.request_id), user_id=event.user)
         result = StageResult(event.request_id)
+
+        async def ask_again() -> None:
+            again = StatusRequested(request_id=event.request_id, user=event.user)
+            await bus.publish(
+                again, correlation_id=str(event.request_id), user_id=event.user
+            )
+
         if collect:
-            await _collect(queue, result, timeout, on_update, until=until)
+            await _collect(
+                queue, result, timeout, on_update, until=until, ask_again=ask_again
+            )
         return result
     finally:
         await bus.close()
