@@ -87,8 +87,10 @@ class Acks:
             if self._flushing is None:
                 self._start_flush()
             task = self._flushing
-            if task is not None:
+            if task is not None and not task.done():
                 await task
+            else:  # finished, its callback (which clears it) not run yet: let it run
+                await asyncio.sleep(0)
 
     def _for(self, message: AbstractIncomingMessage) -> _Tags | None:
         try:
