@@ -370,7 +370,10 @@ async def test_relay_reconnects_and_long_polls(lab: Lab, broker: Vhost) -> None:
     """The broker drops the relay's connection: it comes back, and a waiting poll gets the next one."""
     async with httpx.AsyncClient(timeout=60) as http:
         first = (await http.get(lab.endpoint("/dlaas/notifications", wait=0))).json()
-        names = [c["name"] for c in _connections(broker, USER)]
+        # the management API lists a connection once its stats came in (every few s)
+        async with asyncio.timeout(30):
+            while not (names := [c["name"] for c in _connections(broker, USER)]):
+                await asyncio.sleep(0.5)
         assert len(names) == 1, names
         broker.admin.call("DELETE", f"/connections/{quote(names[0], safe='')}")
 
