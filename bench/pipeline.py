@@ -74,17 +74,19 @@ async def run_once(
                 wait_logged(child, "service_started")
             pids = {child.name: child.pid for child in children}
             spy = await open_spy(vhost) if hops else None
-            with sampling(pids, profile):
-                received, cpu = await _drive(
-                    variant,
-                    vhost,
-                    workdir,
-                    sink_queue=sink_queue,
-                    pids=pids,
-                    load=(run, n, rate),
-                )
-            if spy is not None:
-                await spy.connection.close()
+            try:
+                with sampling(pids, profile):
+                    received, cpu = await _drive(
+                        variant,
+                        vhost,
+                        workdir,
+                        sink_queue=sink_queue,
+                        pids=pids,
+                        load=(run, n, rate),
+                    )
+            finally:
+                if spy is not None:
+                    await spy.connection.close()
         finally:
             stop(children)
         sent = json.loads((workdir / "sent.json").read_text())

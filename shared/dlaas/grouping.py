@@ -64,28 +64,25 @@ class GroupRunner(Generic[C]):
         future: asyncio.Future[R] = loop.create_future()
         if lazy:
             self._lazy.append((op, item, future))
-            if self._runner is None:
-                self._arm(loop)
+            if self._timer is None:
+                self._timer = loop.call_later(self._linger_s, self._linger_over, loop)
         else:
             self._queue.append((op, item, future))
             if self._runner is None:
                 self._runner = loop.create_task(self._drain())
         return await future
 
-    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._timer is None:
-            self._timer = loop.call_later(self._linger_s, self._linger_over, loop)
-
     def _linger_over(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer = None
-        if self._runner is None and self._lazy:
-            self._runner = loop.create_task(self._drain(lazy_alone=True))
+        self._queue += self._lazy  # waited long enough: due like the others
+        self._lazy.clear()
+        if self._runner is None and self._queue:
+            self._runner = loop.create_task(self._drain())
 
-    async def _drain(self, *, lazy_alone: bool = False) -> None:
+    async def _drain(self) -> None:
         try:
             await asyncio.sleep(0)  # let the handlers woken in this loop turn join
-            while self._queue or (lazy_alone and self._lazy):
-                lazy_alone = False
+            while self._queue:
                 batch = self._lazy[: self._max_batch]
                 del self._lazy[: self._max_batch]
                 if not self._lazy and self._timer is not None:
@@ -102,8 +99,6 @@ class GroupRunner(Generic[C]):
             raise
         finally:
             self._runner = None
-            if self._lazy:  # came while the last batch ran: the next one, or the timer
-                self._arm(asyncio.get_running_loop())
 
     async def _run(self, batch: list[_Entry]) -> None:
         by_op: dict[BatchOp[Any, Any, Any], list[int]] = {}

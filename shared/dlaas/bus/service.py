@@ -30,8 +30,8 @@ async def serve(name: str, settings: ServiceSettings, build: Build) -> None:
         loop.add_signal_handler(sig, stop.set)
     consumers = await build(bus)
     # what start-up made (modules, schemas, compiled statements: ~100,000 objects) is never
-    # scanned by the collector again; a full collection walking it took 30-70 ms, now
-    # and then, in the middle of a message
+    # scanned by the collector again; a full collection walking it took 70-100 ms here,
+    # now and then, in the middle of a message
     gc.collect()
     gc.freeze()
     for consumer in consumers:
