@@ -482,9 +482,13 @@ class PfcMonitorListener:
             self._transport = None
 
     async def wait_for(
-        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 45.0
     ) -> dict[str, Any]:
-        """Return the first record (old or new) matching ``predicate``; TimeoutError after ``timeout``."""
+        """Return the first record (old or new) matching ``predicate``; TimeoutError after ``timeout``.
+
+        XCache sends a file's record when it releases the file: 30 s after the close when
+        the file's blocks were still being written then (XrdPfc's deferred detach).
+        """
 
         def found() -> dict[str, Any] | None:
             return next((r for r in self.records if predicate(r)), None)
