@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
-from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -139,9 +138,4 @@ class ServiceSettings(BaseSettings):
     )
     grace_s: float = Field(
         default=10.0, ge=0, description="On SIGTERM, wait this long for messages in hand"
-    )
-    event_loop: Literal["uvloop", "asyncio"] = Field(
-        default="uvloop",
-        description="Event loop: uvloop (libuv; the standard library's asyncio if "
-        "uvloop is not installed) or asyncio",
     )

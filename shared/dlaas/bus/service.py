@@ -37,12 +37,7 @@ async def serve(name: str, settings: ServiceSettings, build: Build) -> None:
     for consumer in consumers:
         await consumer.start()
     health = await _health(settings, bus)
-    log.info(
-        "service_started",
-        service=name,
-        http_port=health.port if health else None,
-        event_loop=type(loop).__module__.partition(".")[0],
-    )
+    log.info("service_started", service=name, http_port=health.port if health else None)
     try:
         await stop.wait()
     finally:
@@ -85,24 +80,7 @@ async def _health(settings: ServiceSettings, bus: Bus) -> HealthServer | None:
     return server
 
 
-def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """The event loop a service runs on: uvloop's when chosen and installed (None: asyncio's).
-
-    A service spends most of its CPU in the loop and the AMQP transport; uvloop's is
-    written in C over libuv.
-    """
-    if choice != "uvloop":
-        return None
-    try:
-        import uvloop  # noqa: PLC0415  (optional: the client and tests run without it)
-    except ImportError:
-        log.warning("uvloop_missing", using="asyncio")
-        return None
-    return uvloop.new_event_loop
-
-
 def main(name: str, settings: ServiceSettings, build: Build) -> None:
     """Console entry point of a service."""
     configure_logging(json=settings.log_json, level=settings.log_level)
-    with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
-        runner.run(serve(name, settings, build))
+    asyncio.run(serve(name, settings, build))
