@@ -145,44 +145,91 @@ def print_saturation(results: dict[str, list[RunResult]]) -> float:
 
 
 async def latency(sizes: Sizes, base: float, options: Options) -> list[RunResult]:
-    """The pipelines at 100 events/s and at half the baseline's saturation."""
+    """The pipelines at 100 events/s and at half the baseline's saturation, ``runs`` times.
+
+    The runs interleave (every pipeline at every rate, then again): a slow spell of the
+    machine then hits every pipeline alike rather than one.
+    """
     results = []
-    for rate in (100.0, round(base / 2)):
-        for variant in _variants(options):
-            spy = options.hops and isinstance(variant, Dlaas)
-            result = await run_once(variant, sizes.latency_files, rate, hops=spy)
-            results.append(result)
-            print(f"  latency {variant.name} at {rate:.0f}/s done", flush=True)
+    for index in range(sizes.runs):
+        for rate in (100.0, round(base / 2)):
+            for variant in _variants(options):
+                spy = options.hops and isinstance(variant, Dlaas)
+                where = (
+                    options.profile / f"latency-{variant.name}-{rate:.0f}-{index}"
+                    if options.profile
+                    else None
+                )
+                result = await run_once(
+                    variant, sizes.latency_files, rate, hops=spy, profile=where
+                )
+                results.append(result)
+                print(
+                    f"  latency run {index + 1}/{sizes.runs} {variant.name} at "
+                    f"{rate:.0f}/s: p50 {result.latency.p50:.0f} ms, "
+                    f"p99 {result.latency.p99:.0f} ms",
+                    flush=True,
+                )
     return results
 
 
-def print_latency(results: list[RunResult]) -> None:
-    """Latency table, with what clients polling every 10 s would see."""
-    print(
-        "\n## Latency: transfer-done published -> the user's notification received (ms)"
-    )
-    print(
-        "| pipeline | offered/s | delivered/s | p50 | p99 | max | 10 s poll p50 "
-        "| poll p99 | lost |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
+def _by_case(results: list[RunResult]) -> dict[tuple[float, str], list[RunResult]]:
+    cases: dict[tuple[float, str], list[RunResult]] = {}
     for r in results:
+        cases.setdefault((r.offered, r.variant), []).append(r)
+    return dict(sorted(cases.items(), key=lambda item: item[0][0]))  # stable: by rate
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def print_latency(results: list[RunResult]) -> None:
+    """Latency table (medians over the runs), with what 10 s polling clients would see."""
+    print(
+        "\n## Latency: transfer-done published -> the user's notification received (ms, "
+        "median of the runs; p99 range in brackets)"
+    )
+    print(
+        "| pipeline | offered/s | runs | delivered/s | p50 | p99 | p99 vs baseline | max "
+        "| CPU ms/file (services, broker) | 10 s poll p50 | poll p99 | lost |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    baseline_p99: dict[float, float] = {}
+    for (rate, name), runs in _by_case(results).items():
+        p99s = [r.latency.p99 for r in runs]
+        p99 = _median(p99s)
+        if name == "baseline":
+            baseline_p99[rate] = p99
+        ratio = p99 / baseline_p99[rate] if baseline_p99.get(rate) else float("nan")
+        python = _median(
+            [sum(v for k, v in r.cpu_ms.items() if k != "broker") for r in runs]
+        )
+        broker = _median([r.cpu_ms.get("broker", float("nan")) for r in runs])
         print(
-            f"| {r.variant} | {r.offered:.0f} | {r.throughput:.0f} | {r.latency.p50:.0f} | "
-            f"{r.latency.p99:.0f} | {r.latency.max:.0f} | {r.polled.p50:.0f} | "
-            f"{r.polled.p99:.0f} | {r.lost} |"
+            f"| {name} | {rate:.0f} | {len(runs)} | "
+            f"{_median([r.throughput for r in runs]):.0f} | "
+            f"{_median([r.latency.p50 for r in runs]):.0f} | "
+            f"{p99:.0f} [{min(p99s):.0f}-{max(p99s):.0f}] | {ratio:.2f}x | "
+            f"{max(r.latency.max for r in runs):.0f} | {python:.2f}, {broker:.2f} | "
+            f"{_median([r.polled.p50 for r in runs]):.0f} | "
+            f"{_median([r.polled.p99 for r in runs]):.0f} | {sum(r.lost for r in runs)} |"
         )
     with_hops = [r for r in results if r.hops]
     if not with_hops:
         return
-    print("\n## Where the time goes: each hop, first publication to the next (ms)")
+    print(
+        "\n## Where the time goes: each hop, first publication to the next "
+        "(ms, median of the runs)"
+    )
     print("| pipeline | offered/s | hop | p50 | p99 | max |")
     print("|---|---|---|---|---|---|")
-    for r in with_hops:
-        for name, q in r.hops.items():
+    for (rate, name), runs in _by_case(with_hops).items():
+        for hop in runs[0].hops:
+            qs = [r.hops[hop] for r in runs if hop in r.hops]
             print(
-                f"| {r.variant} | {r.offered:.0f} | {name} | {q.p50:.1f} | "
-                f"{q.p99:.1f} | {q.max:.1f} |"
+                f"| {name} | {rate:.0f} | {hop} | {_median([q.p50 for q in qs]):.1f} | "
+                f"{_median([q.p99 for q in qs]):.1f} | {max(q.max for q in qs):.1f} |"
             )
 
 
