@@ -215,6 +215,16 @@ def print_latency(results: list[RunResult]) -> None:
             f"{_median([r.polled.p50 for r in runs]):.0f} | "
             f"{_median([r.polled.p99 for r in runs]):.0f} | {sum(r.lost for r in runs)} |"
         )
+    print("\n## CPU per file at each rate, per process (ms, median of the runs)")
+    print("| pipeline | offered/s | per process |")
+    print("|---|---|---|")
+    for (rate, name), runs in _by_case(results).items():
+        names = [k for k in runs[0].cpu_ms if k != "broker"]
+        parts = ", ".join(
+            f"{k} {_median([r.cpu_ms.get(k, float('nan')) for r in runs]):.2f}"
+            for k in names
+        )
+        print(f"| {name} | {rate:.0f} | {parts} |")
     with_hops = [r for r in results if r.hops]
     if not with_hops:
         return
