@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import backlog, hops, rucio_e2e, scaleout, store
-from bench.common import load_average, workspace
+from bench.common import load_average, processes_cpu, workspace
 from bench.overlay import bus_overlay, code_overlay
 from bench.pipeline import RunResult, run_once
 from bench.variants import Baseline, Dlaas, Variant
@@ -136,8 +136,9 @@ def print_saturation(results: dict[str, list[RunResult]]) -> float:
     print("|---|---|---|---|")
     for name, runs in results.items():
         cpu = _median_run(runs).cpu_ms
-        python = sum(v for k, v in cpu.items() if k != "broker")
-        parts = ", ".join(f"{k} {v:.2f}" for k, v in cpu.items() if k != "broker")
+        procs = processes_cpu(cpu)
+        python = sum(procs.values())
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in procs.items())
         print(
             f"| {name} | {parts} | {python:.2f} | {cpu.get('broker', float('nan')):.2f} |"
         )
@@ -202,9 +203,7 @@ def print_latency(results: list[RunResult]) -> None:
         if name == "baseline":
             baseline_p99[rate] = p99
         ratio = p99 / baseline_p99[rate] if baseline_p99.get(rate) else float("nan")
-        python = _median(
-            [sum(v for k, v in r.cpu_ms.items() if k != "broker") for r in runs]
-        )
+        python = _median([sum(processes_cpu(r.cpu_ms).values()) for r in runs])
         broker = _median([r.cpu_ms.get("broker", float("nan")) for r in runs])
         print(
             f"| {name} | {rate:.0f} | {len(runs)} | "
@@ -219,7 +218,7 @@ def print_latency(results: list[RunResult]) -> None:
     print("| pipeline | offered/s | per process |")
     print("|---|---|---|")
     for (rate, name), runs in _by_case(results).items():
-        names = [k for k in runs[0].cpu_ms if k != "broker"]
+        names = list(processes_cpu(runs[0].cpu_ms))
         parts = ", ".join(
             f"{k} {_median([r.cpu_ms.get(k, float('nan')) for r in runs]):.2f}"
             for k in names

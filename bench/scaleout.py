@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import store
-from bench.common import load_average, spawn_python
+from bench.common import load_average, processes_cpu, spawn_python
 from bench.pipeline import RunResult, run_once
 from bench.variants import Baseline, Dlaas, Variant
 from dlaas_devstack import _proc
@@ -128,8 +128,9 @@ def print_table(results: dict[str, list[RunResult]]) -> None:
         cpu = _per_service(
             sorted(runs, key=lambda r: r.throughput)[len(runs) // 2].cpu_ms
         )
-        python = sum(v for k, v in cpu.items() if k != "broker")
-        parts = ", ".join(f"{k} {v:.2f}" for k, v in cpu.items() if k != "broker")
+        procs = processes_cpu(cpu)
+        python = sum(procs.values())
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in procs.items())
         print(
             f"| {name} | {len(values)} | {median:.0f} | {min(values):.0f} | "
             f"{max(values):.0f} | {median / base:.2f}x | {versus} | "

@@ -144,9 +144,8 @@ async def forwarding_cache(tmp_path, monitor) -> AsyncIterator[xrootd.XRootDServ
     await asyncio.to_thread(xrootd.stop_server, cache)
 
 
-@pytest.mark.timeout(
-    120
-)  # each record may come 30 s late (see PfcMonitorListener.wait_for)
+# each record may come 30 s late (see PfcMonitorListener.wait_for)
+@pytest.mark.timeout(120)
 async def test_forwarding_cache_reports_miss_then_hit(
     tmp_path, origin, forwarding_cache, monitor, payload
 ):
