@@ -31,18 +31,14 @@ class Recorded:
 
 
 def _counters(note: Notification, at: float) -> dict[str, Any]:
-    """Column updates of a fact seen for the first time."""
+    """Column updates of a request-wide fact seen for the first time.
+
+    Per-file facts are summed by :func:`_sums` instead.
+    """
     c = requests_t.c
     match note.kind:
         case "accepted":
             return {"files_total": note.files_total, "started_at": _earliest(at)}
-        case "file-ready" | "file-published":
-            return {
-                "files_ready": c.files_ready + 1,
-                "bytes_ready": c.bytes_ready + (note.bytes or 0),
-            }
-        case "file-failed":
-            return {"files_failed": c.files_failed + 1}
         case "completed":
             total = (note.files_ready or 0) + (note.files_failed or 0)
             return {"files_total": sa.func.coalesce(c.files_total, total)}
@@ -54,16 +50,25 @@ def _earliest(at: float) -> sa.ColumnElement[Any]:
     return sa.case((started.is_(None), at), (started > at, at), else_=started)
 
 
-def _count(conn: sa.Connection, firsts: Sequence[tuple[Notification, float]]) -> None:
-    """Counter updates of facts seen for the first time: per-file ones summed."""
-    c = requests_t.c
+def _sums(
+    firsts: Sequence[tuple[Notification, float]],
+) -> dict[str, tuple[int, int, int]]:
+    """Per request: files ready, files failed and bytes ready of per-file facts seen first."""
     sums: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
-    for note, at in firsts:
+    for note, _ in firsts:
         if note.kind in PER_FILE:
             counted = sums[str(note.request_id)]
             counted[note.kind == "file-failed"] += 1
             counted[2] += 0 if note.kind == "file-failed" else (note.bytes or 0)
-            continue
+    return {rid: (ready, failed, nbytes) for rid, (ready, failed, nbytes) in sums.items()}
+
+
+def _count_others(
+    conn: sa.Connection, firsts: Sequence[tuple[Notification, float]]
+) -> None:
+    """Counter updates of request-wide facts seen first (accepted, completed...)."""
+    c = requests_t.c
+    for note, at in firsts:
         updates = _counters(note, at)
         if updates:
             conn.execute(
@@ -71,65 +76,76 @@ def _count(conn: sa.Connection, firsts: Sequence[tuple[Notification, float]]) ->
                 .where(c.request_id == str(note.request_id))
                 .values(**updates)
             )
-    if sums:
-        conn.execute(
-            _ADD,
-            [
-                {"rid": rid, "ready": ready, "failed": failed, "nbytes": nbytes}
-                for rid, (ready, failed, nbytes) in sums.items()
-            ],
-        )
 
 
 # the hot path's statements, built once: SQLAlchemy then only binds values
 _rc, _fc = requests_t.c, facts_t.c
-_ADD = (
-    requests_t.update()
-    .where(_rc.request_id == sa.bindparam("rid"))
-    .values(
-        files_ready=_rc.files_ready + sa.bindparam("ready"),
-        files_failed=_rc.files_failed + sa.bindparam("failed"),
-        bytes_ready=_rc.bytes_ready + sa.bindparam("nbytes"),
+
+
+def _of_facts(*, one: bool) -> sa.ColumnElement[bool]:
+    """Facts by key.
+
+    One fact by ``f_rid`` and ``f_key``: a statement cached whole (lists are "expanding"
+    parameters, rendered into its text again at every execution). Many through the
+    primary key (a tuple IN alone scans the table in SQLite).
+    """
+    if one:
+        return sa.and_(
+            _fc.request_id == sa.bindparam("f_rid"), _fc.key == sa.bindparam("f_key")
+        )
+    return sa.and_(
+        _fc.request_id.in_(sa.bindparam("rids", expanding=True)),
+        _fc.key.in_(sa.bindparam("keys", expanding=True)),
+        sa.tuple_(_fc.request_id, _fc.key).in_(sa.bindparam("pairs", expanding=True)),
     )
-)
-# facts found through the primary key (a tuple IN alone scans the table in SQLite)
-_FACTS = sa.and_(
-    _fc.request_id.in_(sa.bindparam("rids", expanding=True)),
-    _fc.key.in_(sa.bindparam("keys", expanding=True)),
-    sa.tuple_(_fc.request_id, _fc.key).in_(sa.bindparam("pairs", expanding=True)),
-)
-_MARK = facts_t.update().where(_FACTS).values(notified=True, told=True)
+
+
+# each for one fact (True: the lone event's case) and for many (False)
+_MARK = {
+    one: facts_t.update().where(_of_facts(one=one)).values(notified=True, told=True)
+    for one in (False, True)
+}
 _TOLD = sa.select(_fc.told).where(
     _fc.request_id == sa.bindparam("rid"), _fc.key == sa.bindparam("key")
 )
 # take the telling of a fact: of two handlers holding the same fact, one gets it
-_CLAIM = (
-    facts_t.update()
-    .where(_FACTS, _fc.notified.is_(False))
+_CLAIM = {
+    one: facts_t.update()
+    .where(_of_facts(one=one), _fc.notified.is_(False))
     .values(notified=True)
     .returning(_fc.request_id, _fc.key)
-)
-_STATES = sa.select(requests_t).where(
-    _rc.request_id.in_(sa.bindparam("rids", expanding=True))
-)
+    for one in (False, True)
+}
+_STATES = {
+    False: sa.select(requests_t).where(
+        _rc.request_id.in_(sa.bindparam("rids", expanding=True))
+    ),
+    True: sa.select(requests_t).where(_rc.request_id == sa.bindparam("rid")),
+}
 
 
-def _facts(keys: Sequence[tuple[str, str]]) -> dict[str, list[Any]]:
-    return {
-        "rids": sorted({rid for rid, _ in keys}),
-        "keys": sorted({key for _, key in keys}),
-        "pairs": sorted(set(keys)),
+def _facts(keys: Sequence[tuple[str, str]]) -> tuple[bool, dict[str, Any]]:
+    """Whether these are one fact, and the parameters of the statements for them."""
+    pairs = sorted(set(keys))
+    if len(pairs) == 1:
+        return True, {"f_rid": pairs[0][0], "f_key": pairs[0][1]}
+    return False, {
+        "rids": sorted({rid for rid, _ in pairs}),
+        "keys": sorted({key for _, key in pairs}),
+        "pairs": pairs,
     }
 
 
 def _mark_notified(conn: sa.Connection, keys: Sequence[tuple[str, str]]) -> list[None]:
-    conn.execute(_MARK, _facts(keys))
+    one, params = _facts(keys)
+    conn.execute(_MARK[one], params)
     return [None] * len(keys)
 
 
 def _claim_notify(conn: sa.Connection, keys: Sequence[tuple[str, str]]) -> list[bool]:
     """Take the telling of these facts; a fact asked for twice is taken once."""
-    taken = {(rid, key) for rid, key in conn.execute(_CLAIM, _facts(keys))}
+    one, params = _facts(keys)
+    taken = {(rid, key) for rid, key in conn.execute(_CLAIM[one], params)}
     answers = []
     for key in keys:
         answers.append(key in taken)
@@ -138,7 +154,9 @@ def _claim_notify(conn: sa.Connection, keys: Sequence[tuple[str, str]]) -> list[
 
 
 def _states(conn: sa.Connection, request_ids: Sequence[str]) -> dict[str, RequestState]:
-    rows = conn.execute(_STATES, {"rids": sorted(request_ids)})
+    ids = sorted(set(request_ids))
+    one = len(ids) == 1
+    rows = conn.execute(_STATES[one], {"rid": ids[0]} if one else {"rids": ids})
     return {row.request_id: _request_state(row) for row in rows}
 
 
@@ -172,13 +190,22 @@ class Store:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._insert = db.insert
-        self._ensure_many = db.insert(requests_t).on_conflict_do_nothing()
         # many rows with RETURNING: SQLAlchemy's "insertmanyvalues", one statement
         self._add_facts = (
             db.insert(facts_t)
             .on_conflict_do_nothing()
             .returning(facts_t.c.request_id, facts_t.c.key)
         )
+        # a request's row made if new, its per-file counters added, and returned: what
+        # took an insert, an update and a select
+        tally = db.insert(requests_t)
+        self._tally = tally.on_conflict_do_update(
+            index_elements=[requests_t.c.request_id],
+            set_={
+                name: requests_t.c[name] + tally.excluded[name]
+                for name in ("files_ready", "files_failed", "bytes_ready")
+            },
+        ).returning(*requests_t.c)
         self._group: GroupRunner[sa.Connection] = GroupRunner(db.run)
 
     async def _ensure(self, conn: AsyncConnection, request_id: UUID, user: str) -> None:
@@ -190,14 +217,17 @@ class Store:
         return await self._group.submit(self._record_many, (note, at))
 
     def _record_many(
-        self, conn: sa.Connection, items: Sequence[tuple[Notification, float]]
+        self,
+        conn: sa.Connection,
+        items: Sequence[tuple[Notification, float]],
+        *,
+        claim: bool = False,
     ) -> list[Recorded]:
-        """Many facts in one transaction: a few statements, whatever their number."""
+        """Many facts in one transaction: a few statements, whatever their number.
+
+        ``claim``: a fact seen first is taken to tell as it is recorded.
+        """
         users = {str(note.request_id): note.user for note, _ in items}
-        conn.execute(
-            self._ensure_many,
-            [{"request_id": rid, "user": user} for rid, user in users.items()],
-        )
         facts = {
             (str(note.request_id), fact_key(note)): (note, at)
             for note, at in reversed(items)
@@ -205,13 +235,27 @@ class Store:
         inserted = conn.execute(
             self._add_facts,
             [
-                {"request_id": rid, "key": key, "at": at, "detail": note.reason}
+                {"request_id": rid, "key": key, "at": at, "detail": note.reason,
+                 "notified": claim}
                 for (rid, key), (note, at) in facts.items()
             ],
-        )
+        )  # fmt: skip
         new = {(rid, key) for rid, key in inserted.all()}
-        _count(conn, [facts[k] for k in new])
-        states = _states(conn, list(users))
+        firsts = [facts[k] for k in new]
+        sums = _sums(firsts)
+        rows = conn.execute(
+            self._tally,
+            [
+                {"request_id": rid, "user": user, "files_ready": ready,
+                 "files_failed": failed, "bytes_ready": nbytes}
+                for rid, user in users.items()
+                for ready, failed, nbytes in [sums.get(rid, (0, 0, 0))]
+            ],
+        )  # fmt: skip
+        states = {row.request_id: _request_state(row) for row in rows}
+        if any(note.kind not in PER_FILE for note, _ in firsts):  # rare: once a request
+            _count_others(conn, firsts)
+            states = _states(conn, list(users))
         answers = []
         for note, _ in items:
             key = (str(note.request_id), fact_key(note))
@@ -228,9 +272,15 @@ class Store:
     def _record_and_claim_many(
         self, conn: sa.Connection, items: Sequence[tuple[Notification, float]]
     ) -> list[tuple[Recorded, bool]]:
-        recorded = self._record_many(conn, items)
-        keys = [(str(note.request_id), fact_key(note)) for note, _ in items]
-        return list(zip(recorded, _claim_notify(conn, keys), strict=True))
+        """Facts seen first are taken as they are recorded; a repeat is taken if untold."""
+        recorded = self._record_many(conn, items, claim=True)
+        again = [
+            (str(note.request_id), fact_key(note))
+            for (note, _), r in zip(items, recorded, strict=True)
+            if not r.first
+        ]
+        taken = iter(_claim_notify(conn, again) if again else [])
+        return [(r, True if r.first else next(taken)) for r in recorded]
 
     async def claim_notify(self, note: Notification) -> bool:
         """Take the telling of ``note``'s fact on the notebook channel (atomic): True once.
