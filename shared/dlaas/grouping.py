@@ -10,9 +10,10 @@ grow. If a batch fails, every caller in it sees the error (and retries: handlers
 idempotent).
 
 A write nobody waits for to go on (only the handler's ack: the notifier's "told") may be
-submitted ``lazy``: it rides in the next batch that runs for a caller who does wait, or after
-``linger_s`` if none comes. One commit then serves both, and the commits that do hold a
-user's next step up are not queued behind commits that hold nothing up.
+submitted ``lazy``: it rides in the next batch that writes anyway for a caller who does wait,
+or after ``linger_s`` if none comes. One commit then serves both, the commits that do hold a
+user's next step up are not queued behind commits that hold nothing up, and a batch of reads
+(``writes=False``: a look-up on the hot path) never waits for a commit it did not need.
 
 The operations are plain functions of a connection (``C``): the store decides how a unit
 of work reaches its database (on the event loop for a local SQLite file, through the async
@@ -34,7 +35,8 @@ BatchOp = Callable[[C, Sequence[T]], Sequence[R]]
 # Runs a unit of work in one transaction (committed when it returns) and returns its result.
 Transaction = Callable[[Callable[[C], list[Any]]], Awaitable[list[Any]]]
 
-_Entry = tuple[BatchOp[Any, Any, Any], Any, "asyncio.Future[Any]"]
+# an operation, its item, its caller's future, and whether it writes
+_Entry = tuple[BatchOp[Any, Any, Any], Any, "asyncio.Future[Any]", bool]
 
 
 class GroupRunner(Generic[C]):
@@ -55,19 +57,27 @@ class GroupRunner(Generic[C]):
         self._runner: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
 
-    async def submit(self, op: BatchOp[C, T, R], item: T, *, lazy: bool = False) -> R:
+    async def submit(
+        self,
+        op: BatchOp[C, T, R],
+        item: T,
+        *,
+        lazy: bool = False,
+        writes: bool = True,
+    ) -> R:
         """Run ``op`` for ``item`` in the next batch; its result once that batch committed.
 
-        ``lazy``: in the next batch that runs anyway, or after ``linger_s``.
+        ``writes=False``: ``op`` only reads. ``lazy``: in the next batch that runs anyway
+        (a lazy write: that writes anyway), or after ``linger_s``.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         if lazy:
-            self._lazy.append((op, item, future))
+            self._lazy.append((op, item, future, writes))
             if self._timer is None:
                 self._timer = loop.call_later(self._linger_s, self._linger_over, loop)
         else:
-            self._queue.append((op, item, future))
+            self._queue.append((op, item, future, writes))
             if self._runner is None:
                 self._runner = loop.create_task(self._drain())
         return await future
@@ -83,11 +93,7 @@ class GroupRunner(Generic[C]):
         try:
             await asyncio.sleep(0)  # let the handlers woken in this loop turn join
             while self._queue:
-                batch = self._lazy[: self._max_batch]
-                del self._lazy[: self._max_batch]
-                if not self._lazy and self._timer is not None:
-                    self._timer.cancel()  # all taken: the next lazy one waits its own
-                    self._timer = None
+                batch = self._riders()
                 room = self._max_batch - len(batch)
                 batch += self._queue[:room]
                 del self._queue[:room]
@@ -100,9 +106,23 @@ class GroupRunner(Generic[C]):
         finally:
             self._runner = None
 
+    def _riders(self) -> list[_Entry]:
+        """The lazy operations that join the next batch: reads always, writes if it writes."""
+        commits = any(writes for *_, writes in self._queue[: self._max_batch])
+        riders: list[_Entry] = []
+        staying: list[_Entry] = []
+        for entry in self._lazy:
+            joins = (commits or not entry[3]) and len(riders) < self._max_batch
+            (riders if joins else staying).append(entry)
+        self._lazy = staying
+        if not staying and self._timer is not None:
+            self._timer.cancel()  # all taken: the next lazy one waits its own
+            self._timer = None
+        return riders
+
     async def _run(self, batch: list[_Entry]) -> None:
         by_op: dict[BatchOp[Any, Any, Any], list[int]] = {}
-        for index, (op, _, _) in enumerate(batch):
+        for index, (op, *_) in enumerate(batch):
             by_op.setdefault(op, []).append(index)
 
         def work(context: C) -> list[Any]:
@@ -120,12 +140,12 @@ class GroupRunner(Generic[C]):
             if not isinstance(exc, Exception):
                 raise
             return
-        for (_, _, future), result in zip(batch, results, strict=True):
+        for (_, _, future, _), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
 
 
 def _fail(batch: list[_Entry], exc: BaseException) -> None:
-    for _, _, future in batch:
+    for _, _, future, _ in batch:
         if not future.done():
             future.set_exception(exc)

@@ -157,6 +157,34 @@ async def test_a_lazy_operation_rides_with_the_next_batch_or_goes_after_its_ling
     assert batches[-1] == ["alone"]
 
 
+async def test_a_lazy_write_waits_out_a_batch_of_reads_a_lazy_read_does_not() -> None:
+    batches: list[list[str]] = []
+
+    async def transaction(work: Callable[[None], list[Any]]) -> list[Any]:
+        return work(None)
+
+    def note(_: None, items: Sequence[str]) -> list[str]:
+        batches.append(list(items))
+        return [item.upper() for item in items]
+
+    runner: GroupRunner[None] = GroupRunner(transaction, linger_s=0.5)
+    lazy = asyncio.ensure_future(runner.submit(note, "visible", lazy=True))
+    await asyncio.sleep(0.01)
+    # a look-up needs no commit: it does not take the lazy write along
+    assert await runner.submit(note, "look-up", writes=False) == "LOOK-UP"
+    assert batches == [["look-up"]]
+    assert not lazy.done()
+    assert await runner.submit(note, "claim") == "CLAIM"  # commits anyway: one for both
+    assert batches[-1] == ["visible", "claim"]
+    assert await lazy == "VISIBLE"
+    # a lazy read rides with whatever runs next, a batch of reads included
+    check = asyncio.ensure_future(runner.submit(note, "is-open", lazy=True, writes=False))
+    await asyncio.sleep(0.01)
+    assert await runner.submit(note, "look-up 2", writes=False) == "LOOK-UP 2"
+    assert batches[-1] == ["is-open", "look-up 2"]
+    assert await check == "IS-OPEN"
+
+
 def _note(
     rid: uuid.UUID, kind: str, did: str | None = None, **fields: object
 ) -> Notification:

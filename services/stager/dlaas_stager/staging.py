@@ -125,9 +125,15 @@ class Announcer:
         )
         await self.check_complete(file.request_id)
 
-    async def check_complete(self, request_id: str) -> None:
-        """Publish ``request-completed`` once every file is visible or failed."""
-        if await self.store.is_open(request_id) or request_id in self._completing:
+    async def check_complete(self, request_id: str, *, lazy: bool = False) -> None:
+        """Publish ``request-completed`` once every file is visible or failed.
+
+        ``lazy``: the look whether it is complete rides with the store's next batch.
+        """
+        if (
+            await self.store.is_open(request_id, lazy=lazy)
+            or request_id in self._completing
+        ):
             return  # the common case, answered for many handlers by one query
         self._completing.add(request_id)
         try:
