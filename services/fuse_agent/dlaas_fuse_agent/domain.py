@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 from dlaas.errors import PermanentError
 
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f\\]")  # NUL, control characters, a backslash
+
 
 def _safe_parts(text: str, what: str) -> list[str]:
-    if "\\" in text or any(ord(c) < 32 or ord(c) == 127 for c in text):  # noqa: PLR2004
+    if _UNSAFE.search(text):
         raise PermanentError(
             f"{what} {text[:80]!r} contains a NUL, a control character or a backslash"
         )
