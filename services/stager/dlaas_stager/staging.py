@@ -1,4 +1,4 @@
-"""Announcing what became of files and requests: claim in the store, then publish."""
+"""Announcing what became of files and requests: publish, then record it in the store."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def _claim_of(file: WaitingFile) -> str:
 
 @dataclass(frozen=True)
 class Announcer:
-    """Moves files forward in the store and tells the bus, exactly once per move."""
+    """Tells the bus what became of files and requests, and moves them forward in the store."""
 
     bus: Bus
     store: Store
@@ -47,33 +47,36 @@ class Announcer:
     ) -> int:
         """Publish ``file-staged`` for each waiting file whose replica is AVAILABLE.
 
-        A file already claimed (state staged: looked up for a redelivered message) is
-        announced again: its first announcement may have died with the process or the
-        connection after the claim. Everything downstream takes a repeat as a no-op.
+        Announced first, claimed after: the claim (the file's move to staged) only spares
+        later look-ups (a repeated transfer-done, rule_ok, the watchdog) a second
+        announcement, so it rides in the store's next commit instead of holding every
+        announcement up by one of its own. Two handlers racing for a file may both announce
+        it; every consumer downstream takes a repeat as a no-op (the notifier tells the
+        user once), as it does a redelivered message's: a process that dies between the
+        announcement and the claim announces again when its message comes back.
         """
         ready = [
             (file, replica)
             for file in waiting
             if (replica := replicas.get(file.did)) is not None and replica.available
         ]
-        staged = 0
         for start in range(0, len(ready), CHUNK):
             chunk = ready[start : start + CHUNK]
-            # concurrent claims share one transaction (the store groups them)
-            claims = await asyncio.gather(*(self._claim(file) for file, _ in chunk))
-            announced = [
-                pair for pair, claimed in zip(chunk, claims, strict=True) if claimed
-            ]
-            await self._announce_all(announced)
-            staged += len(announced)
-        return staged
+            await self._announce_all(chunk)
+            claimed = await asyncio.gather(*(self._claim(file) for file, _ in chunk))
+            done = {f.request_id for (f, _), c in zip(chunk, claimed, strict=True)
+                    if c and f.kind == PUBLISH}  # fmt: skip
+            for request_id in sorted(done):  # a published file is done once claimed
+                await self.check_complete(request_id)
+        return len(ready)
 
     async def _claim(self, file: WaitingFile) -> bool:
         if file.state == STAGED:
             log.info("file_announced_again", did=file.did, request_id=file.request_id)
-            return True
-        # claim first: of two handlers racing (transfer-done, rule_ok) one announces it
-        return await self.store.set_file_state(file.request_id, file.did, _claim_of(file))
+            return False
+        return await self.store.set_file_state(
+            file.request_id, file.did, _claim_of(file), lazy=True
+        )
 
     async def _announce_all(self, announced: list[tuple[WaitingFile, Replica]]) -> None:
         outcomes = await asyncio.gather(
@@ -86,24 +89,16 @@ class Announcer:
 
     async def _announce(self, file: WaitingFile, replica: Replica) -> None:
         # a published file is done once safe; a staged one goes on to cache and mount
-        published = file.kind == PUBLISH
         pfn = replica.pfn or ""
         event: FileStaged | FilePublished = (
             FilePublished(request_id=file.request_id, user=file.user, did=file.did,
                           rse=file.rse, pfn=pfn, bytes=replica.bytes)
-            if published else
+            if file.kind == PUBLISH else
             FileStaged(request_id=file.request_id, user=file.user, did=file.did,
                        rse=file.rse, pfn=pfn, bytes=replica.bytes,
                        adler32=replica.adler32, dataset=file.parent, node=file.node)
         )  # fmt: skip
-        try:
-            await self.bus.publish(event, correlation_id=file.correlation_id)
-        except BaseException:
-            if file.state != STAGED:  # claimed now: the next attempt announces it
-                await self.store.unclaim(file.request_id, file.did, _claim_of(file))
-            raise
-        if published:
-            await self.check_complete(file.request_id)
+        await self.bus.publish(event, correlation_id=file.correlation_id)
         log.debug("file_staged", did=file.did, request_id=file.request_id, pfn=pfn)
 
     async def fail(self, file: WaitingFile, reason: str) -> None:

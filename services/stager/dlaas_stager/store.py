@@ -344,10 +344,15 @@ class Store:
         *,
         reason: str | None = None,
         where: tuple[str, str, str] | None = None,
+        lazy: bool = False,
     ) -> bool:
-        """Move a file to ``state`` unless it is there or final; whether it moved (atomic)."""
+        """Move a file to ``state`` unless it is there or final; whether it moved (atomic).
+
+        ``lazy``: nobody's next step waits for this move (only its message's ack): it rides
+        in the commit of the next batch that writes, or waits a little for one.
+        """
         move = _Move(request_id, did, state, reason, where)
-        return await self._group.submit(self._move_files, move)
+        return await self._group.submit(self._move_files, move, lazy=lazy)
 
     def _move_files(self, conn: sa.Connection, moves: Sequence[_Move]) -> list[bool]:
         """Many moves: one UPDATE ... RETURNING per target state, in the caller's order."""
@@ -408,19 +413,6 @@ class Store:
         )
         open_ids = {rid for (rid,) in rows}
         return [open_ids & set(ask) for ask in asks]
-
-    async def unclaim(self, request_id: str, did: str, claimed: str) -> None:
-        """Undo a claim whose announcement failed, so the next attempt announces it."""
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                files_t.update()
-                .where(
-                    files_t.c.request_id == request_id,
-                    files_t.c.did == did,
-                    files_t.c.state == claimed,
-                )
-                .values(state=PENDING)
-            )
 
     async def summary(self, request_id: str) -> Summary | None:
         """Counts per state of a request's files; None for an unknown request."""
