@@ -72,6 +72,7 @@ class Options:
     # also dlaas with these settings: (name, ((DLAAS_X, value), ...)), from --also
     also: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
     hops: bool = False  # time each hop of dlaas's pipeline in the latency section
+    rates: tuple[float, ...] = ()  # the latency section's rates (default: 100/s, base/2)
 
 
 def _variants(options: Options, pg_url: str | None = None) -> list[Variant]:
@@ -153,7 +154,7 @@ async def latency(sizes: Sizes, base: float, options: Options) -> list[RunResult
     """
     results = []
     for index in range(sizes.runs):
-        for rate in (100.0, round(base / 2)):
+        for rate in options.rates or (100.0, round(base / 2)):
             for variant in _variants(options):
                 spy = options.hops and isinstance(variant, Dlaas)
                 where = (
@@ -284,6 +285,14 @@ def main() -> None:
         action="store_true",
         help="latency section: also time each hop of dlaas (a spy on its events)",
     )
+    parser.add_argument(
+        "--rates",
+        type=_rates,
+        default=(),
+        metavar="R[,R...]",
+        help="latency section: these events/s instead of 100 and half the baseline's "
+        "saturation, e.g. 20,100 (20/s: the hops' own cost on an idle machine)",
+    )
     args = parser.parse_args()
     sizes = FULL if args.full else SMALL
     if args.runs:
@@ -296,9 +305,21 @@ def main() -> None:
         overlay = bus_overlay(args.before_bus, scratch) if args.before_bus else None
         before = code_overlay(args.before, scratch / "before") if args.before else None
         options = Options(
-            overlay, args.pg, args.profile, before, tuple(args.also), args.hops
-        )
+            overlay, args.pg, args.profile, before, tuple(args.also), args.hops,
+            args.rates,
+        )  # fmt: skip
         run_all(sizes, set(args.only.split(",")), options)
+
+
+def _rates(text: str) -> tuple[float, ...]:
+    """``20,100`` -> (20.0, 100.0): positive rates only."""
+    try:
+        rates = tuple(float(r) for r in text.split(",") if r)
+    except ValueError:
+        rates = ()
+    if not rates or any(r <= 0 for r in rates):
+        raise argparse.ArgumentTypeError(f"not R[,R...] events/s: {text!r}")
+    return rates
 
 
 def _also(text: str) -> tuple[str, tuple[tuple[str, str], ...]]:
