@@ -49,8 +49,8 @@ class Announcer:
 
         Announced first, claimed after: the claim (the file's move to staged) only spares
         later look-ups (a repeated transfer-done, rule_ok, the watchdog) a second
-        announcement, so it rides in the store's next commit instead of holding every
-        announcement up by one of its own. Two handlers racing for a file may both announce
+        announcement, so it no longer holds the announcement up, and a lone file's claim
+        rides in the store's next commit instead of paying one of its own. Two handlers racing for a file may both announce
         it; every consumer downstream takes a repeat as a no-op (the notifier tells the
         user once), as it does a redelivered message's: a process that dies between the
         announcement and the claim announces again when its message comes back.
@@ -63,19 +63,21 @@ class Announcer:
         for start in range(0, len(ready), CHUNK):
             chunk = ready[start : start + CHUNK]
             await self._announce_all(chunk)
-            claimed = await asyncio.gather(*(self._claim(file) for file, _ in chunk))
+            # a lone file's claim waits for company; a chunk's many claims are a batch
+            lazy = len(chunk) == 1
+            claimed = await asyncio.gather(*(self._claim(f, lazy=lazy) for f, _ in chunk))
             done = {f.request_id for (f, _), c in zip(chunk, claimed, strict=True)
                     if c and f.kind == PUBLISH}  # fmt: skip
             for request_id in sorted(done):  # a published file is done once claimed
                 await self.check_complete(request_id)
         return len(ready)
 
-    async def _claim(self, file: WaitingFile) -> bool:
+    async def _claim(self, file: WaitingFile, *, lazy: bool) -> bool:
         if file.state == STAGED:
             log.info("file_announced_again", did=file.did, request_id=file.request_id)
             return False
         return await self.store.set_file_state(
-            file.request_id, file.did, _claim_of(file), lazy=True
+            file.request_id, file.did, _claim_of(file), lazy=lazy
         )
 
     async def _announce_all(self, announced: list[tuple[WaitingFile, Replica]]) -> None:
