@@ -50,10 +50,11 @@ class Announcer:
         Announced first, claimed after: the claim (the file's move to staged) only spares
         later look-ups (a repeated transfer-done, rule_ok, the watchdog) a second
         announcement, so it no longer holds the announcement up, and a lone file's claim
-        rides in the store's next commit instead of paying one of its own. Two handlers racing for a file may both announce
-        it; every consumer downstream takes a repeat as a no-op (the notifier tells the
-        user once), as it does a redelivered message's: a process that dies between the
-        announcement and the claim announces again when its message comes back.
+        rides in the store's next commit instead of paying one of its own. Two handlers
+        racing for a file may both announce it; every consumer downstream takes a repeat
+        as a no-op (the notifier tells the user once), as it does a redelivered message's:
+        a process that dies between the announcement and the claim announces again when
+        its message comes back.
         """
         ready = [
             (file, replica)
@@ -125,7 +126,7 @@ class Announcer:
     async def check_complete(self, request_id: str, *, lazy: bool = False) -> None:
         """Publish ``request-completed`` once every file is visible or failed.
 
-        ``lazy``: the look whether it is complete rides with the store's next batch.
+        ``lazy``: its completeness check rides with the store's next batch.
         """
         if (
             await self.store.is_open(request_id, lazy=lazy)
