@@ -107,11 +107,27 @@ async def test_visible_files_keep_where_and_close_the_request(store: Store) -> N
     assert [(w.request_id, PENDING) for w in waiting] == [("r2", PENDING)]
 
 
+async def _in_place(work: Callable[[None], list[Any]]) -> list[Any]:
+    """A "transaction" that runs the batch's work at once (no database)."""
+    return work(None)
+
+
+_Note = Callable[[None, Sequence[str]], list[str]]
+
+
+def _noting(*, linger_s: float) -> tuple[GroupRunner[None], _Note, list[list[str]]]:
+    """A runner, an operation that upper-cases its items, and the batches it saw."""
+    batches: list[list[str]] = []
+
+    def note(_: None, items: Sequence[str]) -> list[str]:
+        batches.append(list(items))
+        return [item.upper() for item in items]
+
+    return GroupRunner(_in_place, linger_s=linger_s), note, batches
+
+
 async def test_a_failing_batch_fails_every_caller_and_the_next_batch_runs() -> None:
     calls: list[list[int]] = []
-
-    async def transaction(work: Callable[[None], list[Any]]) -> list[Any]:
-        return work(None)
 
     def double(_: None, items: Sequence[int]) -> list[int]:
         calls.append(list(items))
@@ -119,7 +135,7 @@ async def test_a_failing_batch_fails_every_caller_and_the_next_batch_runs() -> N
             raise ValueError("unlucky")
         return [2 * i for i in items]
 
-    runner: GroupRunner[None] = GroupRunner(transaction)
+    runner: GroupRunner[None] = GroupRunner(_in_place)
     results = await asyncio.gather(
         *(runner.submit(double, i) for i in range(3)), return_exceptions=True
     )
@@ -135,16 +151,7 @@ async def test_a_failing_batch_fails_every_caller_and_the_next_batch_runs() -> N
 async def test_a_lazy_operation_rides_with_the_next_batch_or_goes_after_its_linger() -> (
     None
 ):
-    batches: list[list[str]] = []
-
-    async def transaction(work: Callable[[None], list[Any]]) -> list[Any]:
-        return work(None)
-
-    def note(_: None, items: Sequence[str]) -> list[str]:
-        batches.append(list(items))
-        return [item.upper() for item in items]
-
-    runner: GroupRunner[None] = GroupRunner(transaction, linger_s=0.2)
+    runner, note, batches = _noting(linger_s=0.2)
     lazy = asyncio.ensure_future(runner.submit(note, "told", lazy=True))
     await asyncio.sleep(0.05)
     assert batches == []  # waits for company
@@ -158,16 +165,7 @@ async def test_a_lazy_operation_rides_with_the_next_batch_or_goes_after_its_ling
 
 
 async def test_a_lazy_write_waits_out_a_batch_of_reads_a_lazy_read_does_not() -> None:
-    batches: list[list[str]] = []
-
-    async def transaction(work: Callable[[None], list[Any]]) -> list[Any]:
-        return work(None)
-
-    def note(_: None, items: Sequence[str]) -> list[str]:
-        batches.append(list(items))
-        return [item.upper() for item in items]
-
-    runner: GroupRunner[None] = GroupRunner(transaction, linger_s=0.5)
+    runner, note, batches = _noting(linger_s=0.5)
     lazy = asyncio.ensure_future(runner.submit(note, "visible", lazy=True))
     await asyncio.sleep(0.01)
     # a look-up needs no commit: it does not take the lazy write along
