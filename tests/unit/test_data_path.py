@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import shutil
 import threading
 import time
 from collections import Counter
@@ -442,4 +443,14 @@ def test_a_view_link_is_made_once_repeated_as_is_moved_and_never_through_a_symli
     (base / "planted").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(PermanentError, match="not a plain directory"):
         _link(base / "planted" / "f2", mount / "d", base)
+    assert not any((tmp_path / "elsewhere").iterdir())
+    # the directory kept open from the links above: removed, it is made again; swapped
+    # for a symlink, it is refused as before, and nothing lands where the symlink points
+    shutil.rmtree(view.parent)
+    _link(view, mount / "a", base)
+    assert view.readlink() == mount / "a"
+    shutil.rmtree(view.parent)
+    view.parent.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(PermanentError, match="not a plain directory"):
+        _link(view, mount / "e", base)
     assert not any((tmp_path / "elsewhere").iterdir())

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import errno
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,16 +91,72 @@ def _make_view_dir(base: Path, parent: Path) -> None:
     os.close(_open_view_dir(base, parent))
 
 
+class _ViewDirs(threading.local):
+    """Directories of the views this worker thread opened safely, kept open (a few).
+
+    Opening a file's directory step by step costs seven system calls, each a hand-over of
+    the GIL between the worker and the event loop; most files of a request share their
+    directory. A kept directory is used again only while its path still leads to it (one
+    ``lstat``: same device and inode), so a directory the user removed, or replaced by a
+    symlink, is opened again the safe way. Per thread: a descriptor is never closed while
+    another thread links through it.
+    """
+
+    KEEP = 64
+
+    def __init__(self) -> None:
+        self.open: OrderedDict[Path, tuple[int, int, int]] = OrderedDict()
+
+    def get(self, path: Path) -> int | None:
+        """The kept descriptor of ``path`` if the path still leads to it."""
+        kept = self.open.get(path)
+        if kept is None:
+            return None
+        fd, device, inode = kept
+        try:
+            now = path.lstat()
+        except OSError:
+            now = None
+        if now is None or (now.st_dev, now.st_ino) != (device, inode):
+            self.forget(path)
+            return None
+        self.open.move_to_end(path)
+        return fd
+
+    def keep(self, path: Path, fd: int) -> None:
+        """Keep ``fd`` (just opened the safe way) for ``path``; close the oldest beyond KEEP."""
+        self.forget(path)
+        found = os.fstat(fd)
+        self.open[path] = (fd, found.st_dev, found.st_ino)
+        while len(self.open) > self.KEEP:
+            os.close(self.open.popitem(last=False)[1][0])
+
+    def forget(self, path: Path) -> None:
+        """Close and drop the kept descriptor of ``path``, if any."""
+        kept = self.open.pop(path, None)
+        if kept is not None:
+            os.close(kept[0])
+
+
+_VIEW_DIRS = _ViewDirs()
+
+
 def _link(view: Path, target: Path, base: Path) -> None:
     """Point ``view`` at ``target`` atomically (a repeat leaves the same link)."""
-    fd = _open_view_dir(base, view.parent)
-    try:
+    for fresh in (False, True):
+        fd = None if fresh else _VIEW_DIRS.get(view.parent)
+        if fd is None:
+            fd = _open_view_dir(base, view.parent)
+            _VIEW_DIRS.keep(view.parent, fd)
         try:
             os.symlink(target, view.name, dir_fd=fd)  # the first time: one call
         except FileExistsError:
             _replace_link(fd, view, target)
-    finally:
-        os.close(fd)
+        except FileNotFoundError:  # the kept directory was removed since its check
+            if fresh:
+                raise
+            continue
+        return
 
 
 def _replace_link(fd: int, view: Path, target: Path) -> None:
