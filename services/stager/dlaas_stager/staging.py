@@ -63,10 +63,15 @@ class Announcer:
         ]
         for start in range(0, len(ready), CHUNK):
             chunk = ready[start : start + CHUNK]
-            await self._announce_all(chunk)
-            # a lone file's claim waits for company; a chunk's many claims are a batch
-            lazy = len(chunk) == 1
-            claimed = await asyncio.gather(*(self._claim(f, lazy=lazy) for f, _ in chunk))
+            if len(chunk) == 1:  # most transfer-dones: no tasks to gather one each
+                file, replica = chunk[0]
+                await self._announce(file, replica)
+                claimed = [await self._claim(file, lazy=True)]  # waits for company
+            else:
+                await self._announce_all(chunk)
+                claimed = await asyncio.gather(
+                    *(self._claim(f, lazy=False) for f, _ in chunk)
+                )
             done = {f.request_id for (f, _), c in zip(chunk, claimed, strict=True)
                     if c and f.kind == PUBLISH}  # fmt: skip
             for request_id in sorted(done):  # a published file is done once claimed
