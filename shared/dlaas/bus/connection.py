@@ -315,13 +315,15 @@ class Bus:
             await asyncio.sleep(0)  # let the publishers woken in this loop turn join
             while self._outbox:
                 groups, self._outbox = self._outbox, {}
-                await asyncio.gather(
-                    *(
-                        self._send_settling(key, chunk)
-                        for key, items in groups.items()
-                        for chunk in self._chunks(items)
-                    )
-                )
+                sends = [
+                    (key, chunk)
+                    for key, items in groups.items()
+                    for chunk in self._chunks(items)
+                ]
+                if len(sends) == 1:  # the common case: no task to gather one send
+                    await self._send_settling(*sends[0])
+                else:
+                    await asyncio.gather(*(self._send_settling(*s) for s in sends))
         except BaseException as exc:  # cancelled (closing): nobody may wait forever
             for items in self._outbox.values():
                 _answer(items, exc)
