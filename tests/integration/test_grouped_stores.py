@@ -183,6 +183,20 @@ async def test_a_lazy_write_waits_out_a_batch_of_reads_a_lazy_read_does_not() ->
     assert await check == "IS-OPEN"
 
 
+async def test_look_ups_racing_moves_see_each_file_before_or_after(store: Store) -> None:
+    """Look-ups submitted with moves of the same files: each sees a committed state."""
+    dids = [f"user.alice:f{i}" for i in range(1, 19)]
+    moves = [store.set_file_state("r1", did, STAGED) for did in dids]
+    looks = [store.waiting_for_file(did, "NOTEBOOK", claimed=True) for did in dids]
+    moved, seen = await asyncio.gather(asyncio.gather(*moves), asyncio.gather(*looks))
+    assert all(moved)  # every move took
+    for did, waiting in zip(dids, seen, strict=True):
+        assert [(w.request_id, w.did) for w in waiting] == [("r1", did)], waiting
+        assert waiting[0].state in (PENDING, STAGED)
+    after = await asyncio.gather(*(store.waiting_for_file(d, "NOTEBOOK") for d in dids))
+    assert after == [[]] * len(dids)  # staged: no longer waiting
+
+
 def _note(
     rid: uuid.UUID, kind: str, did: str | None = None, **fields: object
 ) -> Notification:
