@@ -6,25 +6,39 @@ Through aiosqlite every statement is several round trips to its thread, each a G
 hand-over that a busy loop makes slow; a batch of a few statements is microseconds of
 SQLite work, cheaper run in place. It never waits for a lock on the loop: the lock is tried
 without waiting, and while another connection holds it (a big ``save_request`` through the
-async engine) the loop sleeps a little and the whole batch is tried again. Its commits never
-checkpoint the WAL into the database (SQLite's default: the commit that fills 1,000 pages
-does, a stall of several milliseconds for every batch queued behind it): a thread of its
-own does, after every ``CHECKPOINT_EVERY`` commits, beside the writers (PASSIVE).
+async engine) the loop sleeps a little and the whole batch is tried again.
+
+Its commits do not wait for the disk (WAL with ``synchronous=NORMAL``: a commit survives
+the process at once, a power loss once its WAL is synced). A thread syncs the WAL, one
+``fsync`` for every commit made while the previous one ran, and a handler's message is
+acked only after the sync that covers its writes (:mod:`dlaas.durability`): the next
+handler's look-up no longer queues behind a commit waiting for the disk, and what a
+handler does after its write (a publish, telling the user) no longer waits for it either.
+A power loss between the act and the sync loses the write but not the message, which comes
+back: handlers are idempotent and a repeated announcement or notification is a no-op.
+Its commits never checkpoint the WAL into the database (SQLite's default: the commit that
+fills 1,000 pages does, a stall of several milliseconds for every batch queued behind it):
+a thread of its own does, after every ``CHECKPOINT_EVERY`` commits, beside the writers
+(PASSIVE).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import os
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from dlaas import durability
 from dlaas.errors import TransientError, is_transaction_conflict
 
 T = TypeVar("T")
@@ -51,9 +65,14 @@ def sqlite_pragmas(connection: Any, _: object) -> None:  # noqa: ANN401  (DB-API
     cursor.close()
 
 
-def _no_autocheckpoint(connection: Any, _: object) -> None:  # noqa: ANN401  (DB-API connection)
-    """Commits of this connection leave the WAL to the checkpoint thread."""
+def _loop_pragmas(connection: Any, _: object) -> None:  # noqa: ANN401  (DB-API connection)
+    """WAL, commits that do not wait for the disk and leave the WAL to the checkpoints.
+
+    NORMAL: LoopSqlite syncs the WAL itself, many commits at a time.
+    """
     cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA wal_autocheckpoint=0")
     cursor.close()
 
@@ -71,34 +90,79 @@ class LoopSqlite:
             url.replace("sqlite+aiosqlite:", "sqlite+pysqlite:", 1),
             connect_args={"timeout": 0, "check_same_thread": False},
         )
-        sa.event.listen(self.engine, "connect", sqlite_pragmas)
-        sa.event.listen(self.engine, "connect", _no_autocheckpoint)
-        self._committer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-commit")
+        sa.event.listen(self.engine, "connect", _loop_pragmas)
+        self._wal = f"{self.engine.url.database}-wal"
+        self._syncer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-sync")
         self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-checkpoint")
-        self._commits = 0
+        self._commits = 0  # commits that wrote
+        self._synced = 0  # of those, the ones known to be on disk
+        # the WAL's fsync in flight, and how many commits it covers
+        self._syncing: tuple[asyncio.Future[None], int] | None = None
+        self._dir_synced = False
         self._checkpoint: Future[None] | None = None
 
     async def run(self, work: Callable[[sa.Connection], T]) -> T:
-        """Run ``work`` in one transaction, committed (on disk) when it returns."""
+        """Run ``work`` in one transaction, committed when it returns.
+
+        Committed, not yet on disk: see :meth:`durable`.
+        """
         deadline = time.monotonic() + BUSY_TIMEOUT_S
-        loop = asyncio.get_running_loop()
         while True:
             try:
                 with self.engine.connect() as conn:
                     transaction = conn.begin()
                     result = work(conn)
-                    if _wrote(
-                        conn
-                    ):  # the commit waits for the disk (fsync): off the loop
-                        await loop.run_in_executor(self._committer, transaction.commit)
+                    wrote = _wrote(conn)
+                    transaction.commit()  # WAL frames written, no fsync: microseconds
+                    if wrote:
                         self._committed()
-                    else:
-                        transaction.commit()  # nothing written: nothing to wait for
                     return result
             except sa.exc.OperationalError as exc:
                 if "locked" not in str(exc.orig) or time.monotonic() > deadline:
                     raise
             await asyncio.sleep(0.005)
+
+    async def durable(self) -> None:
+        """Every commit so far on disk: before the handler's ack, or now outside a handler."""
+        if self._synced >= self._commits:
+            return
+        sync = functools.partial(self._synced_up_to, self._commits)
+        if not durability.defer(sync):
+            await sync()
+
+    async def _synced_up_to(self, commits: int) -> None:
+        while self._synced < commits:
+            if self._syncing is None or self._syncing[0].done():
+                self._syncing = self._start_sync()
+            syncing, covers = self._syncing
+            try:
+                # shielded: a waiter cancelled does not cancel the sync of the others
+                await asyncio.shield(syncing)
+            except OSError as exc:
+                raise TransientError(f"store not synced to disk: {exc!r}") from exc
+            self._synced = max(self._synced, covers)
+
+    def _start_sync(self) -> tuple[asyncio.Future[None], int]:
+        """One fsync of the WAL for every commit made so far (group sync)."""
+        syncing = asyncio.get_running_loop().run_in_executor(
+            self._syncer, self._fsync_wal
+        )
+        return syncing, self._commits
+
+    def _fsync_wal(self) -> None:
+        """Flush the WAL file (and, once, its directory entry) to disk."""
+        fd = os.open(self._wal, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if not self._dir_synced:
+            fd = os.open(Path(self._wal).parent, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._dir_synced = True
 
     def _committed(self) -> None:
         self._commits += 1
@@ -119,7 +183,7 @@ class LoopSqlite:
         """Release the connection."""
         self._checkpointer.shutdown()
         self.engine.dispose()
-        self._committer.shutdown()
+        self._syncer.shutdown()
 
 
 async def run_in_transaction(

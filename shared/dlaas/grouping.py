@@ -48,8 +48,12 @@ class GroupRunner(Generic[C]):
         *,
         max_batch: int = 500,
         linger_s: float = 0.05,
+        durable: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._transaction = transaction
+        # a store whose commits reach the disk later: called after each write, in the
+        # caller's context (the handler's ack waits for it; see dlaas.durability)
+        self._durable = durable
         self._max_batch = max_batch
         self._linger_s = linger_s  # the longest a lazy operation waits for company
         self._queue: list[_Entry] = []
@@ -80,7 +84,10 @@ class GroupRunner(Generic[C]):
             self._queue.append((op, item, future, writes))
             if self._runner is None:
                 self._runner = loop.create_task(self._drain())
-        return await future
+        result = await future
+        if writes and self._durable is not None:
+            await self._durable()
+        return result
 
     def _linger_over(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer = None

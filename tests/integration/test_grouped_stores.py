@@ -15,8 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
+from dlaas import durability
 from dlaas.contracts import Notification
+from dlaas.db import LoopSqlite
+from dlaas.errors import TransientError
 from dlaas.grouping import GroupRunner
 from dlaas_notifier.store import Store as NotifierStore
 from dlaas_notifier.tables import Database
@@ -195,6 +199,66 @@ async def test_look_ups_racing_moves_see_each_file_before_or_after(store: Store)
         assert waiting[0].state in (PENDING, STAGED)
     after = await asyncio.gather(*(store.waiting_for_file(d, "NOTEBOOK") for d in dids))
     assert after == [[]] * len(dids)  # staged: no longer waiting
+
+
+async def test_a_commit_acts_at_once_and_reaches_the_disk_before_the_ack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LoopSqlite commits without waiting for the disk; one fsync covers many commits."""
+    local = LoopSqlite(f"sqlite+aiosqlite:///{tmp_path / 'local.db'}")
+    fsyncs: list[int] = []
+    real = local._fsync_wal
+
+    def counted() -> None:
+        fsyncs.append(1)
+        real()
+
+    monkeypatch.setattr(local, "_fsync_wal", counted)
+    runner: GroupRunner[sa.Connection] = GroupRunner(local.run, durable=local.durable)
+
+    def add(conn: sa.Connection, items: Sequence[int]) -> list[int]:
+        conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS t (n INTEGER PRIMARY KEY)")
+        for n in items:
+            conn.exec_driver_sql("INSERT INTO t VALUES (?)", (n,))
+        return list(items)
+
+    def count(conn: sa.Connection, items: Sequence[None]) -> list[int]:
+        return [conn.exec_driver_sql("SELECT count(*) FROM t").scalar_one()] * len(items)
+
+    try:
+        assert await runner.submit(add, 0) == 0  # no handler collects: on disk at once
+        assert fsyncs == [1]
+        with durability.deferred() as syncs:  # what a consumer does around a handler
+            for n in range(1, 11):  # ten commits, one after the other
+                assert await runner.submit(add, n) == n
+            assert fsyncs == [1]  # acted on without waiting for the disk...
+            assert await runner.submit(count, None, writes=False) == 11  # ...committed
+        await durability.settle(syncs)  # before the ack
+        assert fsyncs == [1, 1]  # one fsync for the ten
+        await durability.settle(syncs)  # on disk already: nothing to do
+        assert fsyncs == [1, 1]
+
+        async def handler(n: int) -> None:  # many at once, syncs racing with commits
+            with durability.deferred() as syncs:
+                await runner.submit(add, n)
+            await asyncio.wait_for(durability.settle(syncs), 10)
+
+        await asyncio.gather(*(handler(n) for n in range(100, 200)))
+        assert 3 <= len(fsyncs) <= 2 + 100
+        assert await runner.submit(count, None, writes=False) == 111
+    finally:
+        local.close()
+
+
+async def test_a_handler_whose_writes_cannot_reach_the_disk_is_not_acked() -> None:
+    async def broken() -> None:
+        raise TransientError("store not synced to disk: EIO")
+
+    with durability.deferred() as syncs:
+        assert durability.defer(broken)
+    with pytest.raises(TransientError):  # the consumer retries the message, unacked
+        await durability.settle(syncs)
+    assert not durability.defer(broken)  # no handler collects here: the caller waits
 
 
 def _note(

@@ -206,7 +206,7 @@ class Store:
                 for name in ("files_ready", "files_failed", "bytes_ready")
             },
         ).returning(*requests_t.c)
-        self._group: GroupRunner[sa.Connection] = GroupRunner(db.run)
+        self._group: GroupRunner[sa.Connection] = GroupRunner(db.run, durable=db.durable)
 
     async def _ensure(self, conn: AsyncConnection, request_id: UUID, user: str) -> None:
         row = {"request_id": str(request_id), "user": user}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -124,6 +124,11 @@ class Database:
         if self._local is not None:
             return await self._local.run(work)
         return await run_in_transaction(self.begin, work)
+
+    @property
+    def durable(self) -> Callable[[], Awaitable[None]] | None:
+        """What makes the batches' commits durable later (a local SQLite file), else None."""
+        return self._local.durable if self._local is not None else None
 
     async def create_tables(self) -> None:
         """Create the tables if missing, and the nullable columns added since."""

@@ -177,7 +177,10 @@ class Store:
             postgresql.insert if url.startswith("postgresql") else sqlite.insert
         )
         self._local = LoopSqlite(url) if is_file(url) else None
-        self._group: GroupRunner[sa.Connection] = GroupRunner(self._transaction)
+        self._group: GroupRunner[sa.Connection] = GroupRunner(
+            self._transaction,
+            durable=self._local.durable if self._local is not None else None,
+        )
         # the hot path's statements, built once: SQLAlchemy then only binds values
         self._waiting_by_did = self._waiting().where(
             _c.did.in_(sa.bindparam("dids", expanding=True)), _c.state.in_(_OPEN_STATES)

@@ -24,6 +24,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from pydantic import BaseModel, ValidationError
 
+from dlaas import durability
 from dlaas.bus import batch, topology
 from dlaas.bus.connection import Bus
 from dlaas.bus.metrics import HANDLER_SECONDS, MESSAGES
@@ -353,7 +354,9 @@ class Consumer:
         source: _Source,
     ) -> str:
         try:
-            await handler(model, delivery)
+            with durability.deferred() as syncs:
+                await handler(model, delivery)
+            await durability.settle(syncs)  # its writes on disk before its ack
         except self.transient as exc:
             if delivery.last_attempt:
                 return await self._park_or_dead_letter(source, _reason(exc))
