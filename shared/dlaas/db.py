@@ -98,7 +98,7 @@ class LoopSqlite:
         self._synced = 0  # of those, the ones known to be on disk
         # the WAL's fsync in flight, and how many commits it covers
         self._syncing: tuple[asyncio.Future[None], int] | None = None
-        self._dir_synced = False
+        self._dir_synced_for: int | None = None  # the WAL file whose entry is on disk
         self._checkpoint: Future[None] | None = None
 
     async def run(self, work: Callable[[sa.Connection], T]) -> T:
@@ -150,19 +150,20 @@ class LoopSqlite:
         return syncing, self._commits
 
     def _fsync_wal(self) -> None:
-        """Flush the WAL file (and, once, its directory entry) to disk."""
+        """Flush the WAL file to disk, and its directory entry when the file is new."""
         fd = os.open(self._wal, os.O_RDONLY | os.O_CLOEXEC)
         try:
             os.fsync(fd)
+            inode = os.fstat(fd).st_ino
         finally:
             os.close(fd)
-        if not self._dir_synced:
+        if inode != self._dir_synced_for:  # made (or made again) since the last sync
             fd = os.open(Path(self._wal).parent, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            self._dir_synced = True
+            self._dir_synced_for = inode
 
     def _committed(self) -> None:
         self._commits += 1
