@@ -246,6 +246,19 @@ async def test_a_commit_acts_at_once_and_reaches_the_disk_before_the_ack(
         await asyncio.gather(*(handler(n) for n in range(100, 200)))
         assert 3 <= len(fsyncs) <= 2 + 100
         assert await runner.submit(count, None, writes=False) == 111
+
+        def failing() -> None:
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(local, "_fsync_wal", failing)
+        with pytest.raises(
+            TransientError, match="not synced to disk"
+        ):  # retried, unacked
+            await runner.submit(add, 300)
+        monkeypatch.setattr(local, "_fsync_wal", counted)
+        synced = len(fsyncs)
+        await local.durable()  # the next sync covers the write the failed one did not
+        assert len(fsyncs) == synced + 1
     finally:
         local.close()
 
