@@ -19,30 +19,42 @@ from contextvars import ContextVar
 
 Sync = Callable[[], Awaitable[None]]
 
-_DEFERRED: ContextVar[list[Sync] | None] = ContextVar("dlaas_deferred", default=None)
+
+class Syncs(list[Sync]):
+    """What one handler's writes need to reach the disk; closed once the handler returned."""
+
+    closed = False
+
+
+_DEFERRED: ContextVar[Syncs | None] = ContextVar("dlaas_deferred", default=None)
 
 
 @contextlib.contextmanager
-def deferred() -> Iterator[list[Sync]]:
-    """Collect, for the block (one handler), what its writes need to reach the disk."""
-    syncs: list[Sync] = []
+def deferred() -> Iterator[Syncs]:
+    """Collect, for the block (one handler), what its writes need to reach the disk.
+
+    A task the handler started inherits the collection; once the block is over, what such
+    a task writes is no longer collected (nobody would await it) but waited for at once.
+    """
+    syncs = Syncs()
     token = _DEFERRED.set(syncs)
     try:
         yield syncs
     finally:
+        syncs.closed = True
         _DEFERRED.reset(token)
 
 
 def defer(sync: Sync) -> bool:
     """Leave ``sync`` to the handler's ack; False when no handler collects (await it now)."""
     syncs = _DEFERRED.get()
-    if syncs is None:
+    if syncs is None or syncs.closed:
         return False
     syncs.append(sync)
     return True
 
 
-async def settle(syncs: list[Sync]) -> None:
+async def settle(syncs: Syncs) -> None:
     """Wait until what the handler wrote is on disk (before its ack)."""
     for sync in syncs:
         await sync()

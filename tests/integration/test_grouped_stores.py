@@ -269,9 +269,19 @@ async def test_a_handler_whose_writes_cannot_reach_the_disk_is_not_acked() -> No
 
     with durability.deferred() as syncs:
         assert durability.defer(broken)
+        later = asyncio.get_running_loop().create_future()
+
+        async def after_the_handler() -> bool:  # a task it started, writing later
+            await later
+            return durability.defer(broken)
+
+        task = asyncio.ensure_future(after_the_handler())
     with pytest.raises(TransientError):  # the consumer retries the message, unacked
         await durability.settle(syncs)
     assert not durability.defer(broken)  # no handler collects here: the caller waits
+    later.set_result(None)
+    assert not await task  # the handler is over: its task waits for itself
+    assert len(syncs) == 1
 
 
 def _note(
