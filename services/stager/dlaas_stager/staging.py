@@ -63,15 +63,14 @@ class Announcer:
         ]
         for start in range(0, len(ready), CHUNK):
             chunk = ready[start : start + CHUNK]
-            if len(chunk) == 1:  # most transfer-dones: no tasks to gather one each
-                file, replica = chunk[0]
-                await self._announce(file, replica)
-                claimed = [await self._claim(file, lazy=True)]  # waits for company
-            else:
-                await self._announce_all(chunk)
-                claimed = await asyncio.gather(
-                    *(self._claim(f, lazy=False) for f, _ in chunk)
-                )
+            await self._announce_all(chunk)
+            # a lone file (most transfer-dones): its claim waits for company, and no task
+            # is gathered for it; a chunk's many claims are a batch
+            claimed = (
+                [await self._claim(chunk[0][0], lazy=True)]
+                if len(chunk) == 1
+                else await asyncio.gather(*(self._claim(f, lazy=False) for f, _ in chunk))
+            )
             done = {f.request_id for (f, _), c in zip(chunk, claimed, strict=True)
                     if c and f.kind == PUBLISH}  # fmt: skip
             for request_id in sorted(done):  # a published file is done once claimed
@@ -87,6 +86,9 @@ class Announcer:
         )
 
     async def _announce_all(self, announced: list[tuple[WaitingFile, Replica]]) -> None:
+        if len(announced) == 1:  # no task to gather one
+            await self._announce(*announced[0])
+            return
         outcomes = await asyncio.gather(
             *(self._announce(file, replica) for file, replica in announced),
             return_exceptions=True,
