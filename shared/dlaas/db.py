@@ -28,15 +28,18 @@ import asyncio
 import contextlib
 import functools
 import os
+import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.schema import ScalarElementColumnDefault
 
 from dlaas import durability
 from dlaas.errors import TransientError, is_transaction_conflict
@@ -185,6 +188,103 @@ class LoopSqlite:
         self._checkpointer.shutdown()
         self.engine.dispose()
         self._syncer.shutdown()
+
+
+# column types whose values SQLite's driver binds and returns as SQLAlchemy would (a
+# boolean comes back as 0 or 1: read it with ``bool``)
+_PLAIN_TYPES = (sa.String, sa.Integer, sa.Float, sa.Boolean)
+
+
+class Prepared:
+    """A hot statement for one set of parameters, run straight on SQLite's cursor.
+
+    For a statement of a lone event SQLAlchemy's own work (checking the cache, binding and
+    processing parameters, building a result and its rows) takes several times SQLite's.
+    On a connection to a local SQLite file the statement is compiled once (per set of
+    parameter names) and its SQL run on the driver's cursor; on any other connection
+    (PostgreSQL, aiosqlite) it goes through SQLAlchemy. Rows are plain tuples either way.
+    Columns and parameters of plain types only (text, numbers, booleans), checked when the
+    statement is compiled.
+    """
+
+    def __init__(self, statement: sa.Executable) -> None:
+        self.statement = statement
+        # per parameter names: the SQL, the order of its parameters, the fixed values
+        self._compiled: dict[
+            tuple[str, ...], tuple[str, tuple[str, ...], dict[str, Any]]
+        ] = {}
+
+    def rows(
+        self, conn: sa.Connection, params: Mapping[str, Any]
+    ) -> list[tuple[Any, ...]]:
+        """Run it; the rows it returns."""
+        raw = _local_sqlite(conn)
+        if raw is None:
+            return [tuple(row) for row in conn.execute(self.statement, dict(params))]
+        return self._execute(raw, conn, params).fetchall()
+
+    def run(self, conn: sa.Connection, params: Mapping[str, Any]) -> int:
+        """Run it; how many rows it changed."""
+        raw = _local_sqlite(conn)
+        if raw is None:
+            return conn.execute(self.statement, dict(params)).rowcount
+        return self._execute(raw, conn, params).rowcount
+
+    def _execute(
+        self, raw: sqlite3.Connection, conn: sa.Connection, params: Mapping[str, Any]
+    ) -> sqlite3.Cursor:
+        sql, values = self._bound(conn, params)
+        try:
+            return raw.execute(sql, values)
+        except sqlite3.Error as exc:  # as SQLAlchemy raises it ("locked": try again)
+            raise sa.exc.DBAPIError.instance(
+                sql,
+                values,
+                exc,
+                sqlite3.Error,
+                hide_parameters=True,
+                dialect=conn.dialect,
+            ) from exc
+
+    def _bound(
+        self, conn: sa.Connection, params: Mapping[str, Any]
+    ) -> tuple[str, list[Any]]:
+        names = tuple(params)
+        compiled = self._compiled.get(names)
+        if compiled is None:
+            compiled = self._compiled[names] = self._compile(conn.dialect, params)
+        sql, order, fixed = compiled
+        return sql, [params[n] if n in params else fixed[n] for n in order]
+
+    def _compile(
+        self, dialect: sa.Dialect, params: Mapping[str, Any]
+    ) -> tuple[str, tuple[str, ...], dict[str, Any]]:
+        statement = cast("sa.ClauseElement", self.statement)
+        compiled = cast(
+            "SQLCompiler", statement.compile(dialect=dialect, column_keys=list(params))
+        )
+        columns = getattr(self.statement, "exported_columns", ())
+        types = [b.type for b in compiled.binds.values()] + [c.type for c in columns]
+        odd = [t for t in types if not isinstance(t, (*_PLAIN_TYPES, sa.types.NullType))]
+        if odd or compiled.positiontup is None:
+            raise TypeError(f"not a plain positional statement for SQLite: {odd}")
+        values = compiled.construct_params(dict(params))
+        fixed = {name: value for name, value in values.items() if name not in params}
+        # Python-side defaults SQLAlchemy fills in at each execution: constants only
+        for column, default in [
+            *((c, c.default) for c in compiled.insert_prefetch),
+            *((c, c.onupdate) for c in compiled.update_prefetch),
+        ]:
+            if not isinstance(default, ScalarElementColumnDefault):
+                raise TypeError(f"not a constant default for SQLite's cursor: {column}")
+            fixed[column.key] = default.arg
+        return compiled.string, tuple(compiled.positiontup), fixed
+
+
+def _local_sqlite(conn: sa.Connection) -> sqlite3.Connection | None:
+    """The driver's connection when ``conn`` is one to SQLite through ``sqlite3``."""
+    dbapi = conn.connection.dbapi_connection
+    return dbapi if isinstance(dbapi, sqlite3.Connection) else None
 
 
 async def run_in_transaction(

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dlaas.contracts import Notification
+from dlaas.db import Prepared
 from dlaas.grouping import GroupRunner
 from dlaas_notifier.aggregation import PER_FILE, FileTime, RequestState, fact_key
 from dlaas_notifier.settings import EXTERNAL_CHANNELS, ExternalChannel
@@ -100,11 +101,13 @@ def _of_facts(*, one: bool) -> sa.ColumnElement[bool]:
     )
 
 
-# each for one fact (True: the lone event's case) and for many (False)
+# each for one fact (True: the lone event's case, run straight on SQLite's cursor) and
+# for many facts (False)
 _MARK = {
     one: facts_t.update().where(_of_facts(one=one)).values(notified=True, told=True)
     for one in (False, True)
 }
+_MARK_ONE = Prepared(_MARK[True])
 _TOLD = sa.select(_fc.told).where(
     _fc.request_id == sa.bindparam("rid"), _fc.key == sa.bindparam("key")
 )
@@ -116,12 +119,14 @@ _CLAIM = {
     .returning(_fc.request_id, _fc.key)
     for one in (False, True)
 }
+_CLAIM_ONE = Prepared(_CLAIM[True])
 _STATES = {
     False: sa.select(requests_t).where(
         _rc.request_id.in_(sa.bindparam("rids", expanding=True))
     ),
     True: sa.select(requests_t).where(_rc.request_id == sa.bindparam("rid")),
 }
+_STATE_ONE = Prepared(_STATES[True])
 
 
 def _facts(keys: Sequence[tuple[str, str]]) -> tuple[bool, dict[str, Any]]:
@@ -138,14 +143,18 @@ def _facts(keys: Sequence[tuple[str, str]]) -> tuple[bool, dict[str, Any]]:
 
 def _mark_notified(conn: sa.Connection, keys: Sequence[tuple[str, str]]) -> list[None]:
     one, params = _facts(keys)
-    conn.execute(_MARK[one], params)
+    if one:
+        _MARK_ONE.run(conn, params)
+    else:
+        conn.execute(_MARK[False], params)
     return [None] * len(keys)
 
 
 def _claim_notify(conn: sa.Connection, keys: Sequence[tuple[str, str]]) -> list[bool]:
     """Take the telling of these facts; a fact asked for twice is taken once."""
     one, params = _facts(keys)
-    taken = {(rid, key) for rid, key in conn.execute(_CLAIM[one], params)}
+    rows = _CLAIM_ONE.rows(conn, params) if one else conn.execute(_CLAIM[False], params)
+    taken = {(rid, key) for rid, key in rows}
     answers = []
     for key in keys:
         answers.append(key in taken)
@@ -155,22 +164,30 @@ def _claim_notify(conn: sa.Connection, keys: Sequence[tuple[str, str]]) -> list[
 
 def _states(conn: sa.Connection, request_ids: Sequence[str]) -> dict[str, RequestState]:
     ids = sorted(set(request_ids))
-    one = len(ids) == 1
-    rows = conn.execute(_STATES[one], {"rid": ids[0]} if one else {"rids": ids})
-    return {row.request_id: _request_state(row) for row in rows}
-
-
-def _request_state(row: sa.Row[Any]) -> RequestState:
-    return RequestState(
-        request_id=UUID(row.request_id),
-        user=row.user,
-        started_at=row.started_at,
-        files_total=row.files_total,
-        files_ready=row.files_ready,
-        files_failed=row.files_failed,
-        bytes_ready=row.bytes_ready,
-        channels=_channels(row.channels),
+    rows = (
+        _STATE_ONE.rows(conn, {"rid": ids[0]})
+        if len(ids) == 1
+        else conn.execute(_STATES[False], {"rids": ids})
     )
+    return {row[0]: _request_state(row) for row in rows}
+
+
+def _request_state(row: Sequence[Any]) -> RequestState:
+    """A request from its row, columns in the table's order."""
+    values = dict(zip(_REQUEST_COLUMNS, row, strict=True))
+    return RequestState(
+        request_id=UUID(values["request_id"]),
+        user=values["user"],
+        started_at=values["started_at"],
+        files_total=values["files_total"],
+        files_ready=values["files_ready"],
+        files_failed=values["files_failed"],
+        bytes_ready=values["bytes_ready"],
+        channels=_channels(values["channels"]),
+    )
+
+
+_REQUEST_COLUMNS = tuple(requests_t.c.keys())
 
 
 def _channels(value: str | None) -> tuple[ExternalChannel, ...] | None:
@@ -206,6 +223,7 @@ class Store:
                 for name in ("files_ready", "files_failed", "bytes_ready")
             },
         ).returning(*requests_t.c)
+        self._add_fact, self._tally_one = Prepared(self._add_facts), Prepared(self._tally)
         self._group: GroupRunner[sa.Connection] = GroupRunner(db.run, durable=db.durable)
 
     async def _ensure(self, conn: AsyncConnection, request_id: UUID, user: str) -> None:
@@ -232,27 +250,31 @@ class Store:
             (str(note.request_id), fact_key(note)): (note, at)
             for note, at in reversed(items)
         }  # the first of repeats wins
-        inserted = conn.execute(
-            self._add_facts,
-            [
-                {"request_id": rid, "key": key, "at": at, "detail": note.reason,
-                 "notified": claim}
-                for (rid, key), (note, at) in facts.items()
-            ],
-        )  # fmt: skip
-        new = {(rid, key) for rid, key in inserted.all()}
+        rows = [
+            {"request_id": rid, "key": key, "at": at, "detail": note.reason,
+             "notified": claim}
+            for (rid, key), (note, at) in facts.items()
+        ]  # fmt: skip
+        inserted = (
+            self._add_fact.rows(conn, rows[0])
+            if len(rows) == 1
+            else conn.execute(self._add_facts, rows)
+        )
+        new = {(rid, key) for rid, key in inserted}
         firsts = [facts[k] for k in new]
         sums = _sums(firsts)
-        rows = conn.execute(
-            self._tally,
-            [
-                {"request_id": rid, "user": user, "files_ready": ready,
-                 "files_failed": failed, "bytes_ready": nbytes}
-                for rid, user in users.items()
-                for ready, failed, nbytes in [sums.get(rid, (0, 0, 0))]
-            ],
-        )  # fmt: skip
-        states = {row.request_id: _request_state(row) for row in rows}
+        tallies = [
+            {"request_id": rid, "user": user, "files_ready": ready,
+             "files_failed": failed, "bytes_ready": nbytes}
+            for rid, user in users.items()
+            for ready, failed, nbytes in [sums.get(rid, (0, 0, 0))]
+        ]  # fmt: skip
+        tallied = (
+            self._tally_one.rows(conn, tallies[0])
+            if len(tallies) == 1
+            else conn.execute(self._tally, tallies)
+        )
+        states = {row[0]: _request_state(row) for row in tallied}
         if any(note.kind not in PER_FILE for note, _ in firsts):  # rare: once a request
             _count_others(conn, firsts)
             states = _states(conn, list(users))

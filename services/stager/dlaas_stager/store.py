@@ -20,6 +20,7 @@ from sqlalchemy.sql.dml import ReturningUpdate
 from dlaas.db import (
     BUSY_TIMEOUT_S,
     LoopSqlite,
+    Prepared,
     add_missing_columns,
     is_file,
     run_in_transaction,
@@ -119,7 +120,7 @@ def _move(*, one: bool) -> ReturningUpdate[Any]:
 
 
 # a file's move, for one file (the common case of a lone event) and for many
-_MOVE, _MOVE_ONE = _move(one=False), _move(one=True)
+_MOVE, _MOVE_ONE = _move(one=False), Prepared(_move(one=True))
 _SET_WHERE = (
     files_t.update()
     .where(_c.request_id == sa.bindparam("b_request_id"), _c.did == sa.bindparam("b_did"))
@@ -138,11 +139,12 @@ _OPEN = (
     )
     .group_by(_c.request_id)
 )
-_OPEN_ONE = (
+_OPEN_ONE = Prepared(
     sa.select(_c.request_id)
     .where(_c.request_id == sa.bindparam("id"), _c.state.in_(_OPEN_STATES))
     .limit(1)
 )
+_SET_WHERE_ONE = Prepared(_SET_WHERE)
 
 
 def _set_where(conn: sa.Connection, moves: Sequence[_Move]) -> None:
@@ -151,7 +153,9 @@ def _set_where(conn: sa.Connection, moves: Sequence[_Move]) -> None:
          "b_pfn": m.where[1], "b_cache_url": m.where[2]}
         for m in moves if m.where
     ]  # fmt: skip
-    if rows:
+    if len(rows) == 1:
+        _SET_WHERE_ONE.run(conn, rows[0])
+    elif rows:
         conn.execute(_SET_WHERE, rows)
 
 
@@ -185,8 +189,10 @@ class Store:
         self._waiting_by_did = self._waiting().where(
             _c.did.in_(sa.bindparam("dids", expanding=True)), _c.state.in_(_OPEN_STATES)
         )
-        self._waiting_by_one_did = self._waiting().where(
-            _c.did == sa.bindparam("did"), _c.state.in_(_OPEN_STATES)
+        self._waiting_by_one_did = Prepared(
+            self._waiting().where(
+                _c.did == sa.bindparam("did"), _c.state.in_(_OPEN_STATES)
+            )
         )
 
     async def _transaction(self, work: Callable[[sa.Connection], T]) -> T:
@@ -295,11 +301,11 @@ class Store:
         dids = sorted({key[0] for key in keys})
         found: dict[tuple[str, str, str | None], list[WaitingFile]] = defaultdict(list)
         rows = (
-            conn.execute(self._waiting_by_one_did, {"did": dids[0]})
+            self._waiting_by_one_did.rows(conn, {"did": dids[0]})
             if len(dids) == 1
-            else conn.execute(self._waiting_by_did, {"dids": dids})
+            else conn.execute(self._waiting_by_did, {"dids": dids}).all()
         )
-        for row in rows.all():
+        for row in rows:
             file = WaitingFile(*row)
             found[file.did, file.rse, file.instance].append(file)
         return [
@@ -366,14 +372,14 @@ class Store:
         for (state, reason), group in groups.items():
             keys = sorted({(m.request_id, m.did) for m in group})
             to = {"to_state": state, "to_reason": reason}
-            result = (
-                conn.execute(_MOVE_ONE, {"k_rid": keys[0][0], "k_did": keys[0][1], **to})
+            rows = (
+                _MOVE_ONE.rows(conn, {"k_rid": keys[0][0], "k_did": keys[0][1], **to})
                 if len(keys) == 1
                 else conn.execute(
                     _MOVE, {"dids": sorted({did for _, did in keys}), "keys": keys, **to}
-                )
+                ).all()
             )
-            moved |= {(state, reason, rid, did) for rid, did in result.all()}
+            moved |= {(state, reason, rid, did) for rid, did in rows}
         _set_where(
             conn,
             [
@@ -410,9 +416,9 @@ class Store:
     ) -> list[set[str]]:
         ids = sorted({rid for ask in asks for rid in ask})
         rows = (
-            conn.execute(_OPEN_ONE, {"id": ids[0]})
+            _OPEN_ONE.rows(conn, {"id": ids[0]})
             if len(ids) == 1
-            else conn.execute(_OPEN, {"ids": ids})
+            else conn.execute(_OPEN, {"ids": ids}).all()
         )
         open_ids = {rid for (rid,) in rows}
         return [open_ids & set(ask) for ask in asks]
