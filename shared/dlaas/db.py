@@ -47,6 +47,8 @@ from dlaas.errors import TransientError, is_transaction_conflict
 T = TypeVar("T")
 BUSY_TIMEOUT_S = 60  # a writer waits this long for another's lock, then fails
 CHECKPOINT_EVERY = 200  # commits of a LoopSqlite between two checkpoints of its WAL
+# the shortest time between the starts of two syncs of a LoopSqlite's WAL: holds acks only
+SYNC_EVERY_S = 0.05
 _MEMORY = ("sqlite+aiosqlite://", "sqlite+aiosqlite:///:memory:")
 
 
@@ -99,8 +101,9 @@ class LoopSqlite:
         self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-checkpoint")
         self._commits = 0  # commits that wrote
         self._synced = 0  # of those, the ones known to be on disk
-        # the WAL's fsync in flight, and how many commits it covers
-        self._syncing: tuple[asyncio.Future[None], int] | None = None
+        # the WAL's sync in flight (or waiting for its turn): how many commits it covers
+        self._syncing: asyncio.Future[int] | None = None
+        self._sync_started = 0.0  # monotonic
         self._dir_synced_for: int | None = None  # the WAL file whose entry is on disk
         self._checkpoint: Future[None] | None = None
 
@@ -135,22 +138,29 @@ class LoopSqlite:
 
     async def _synced_up_to(self, commits: int) -> None:
         while self._synced < commits:
-            if self._syncing is None or self._syncing[0].done():
-                self._syncing = self._start_sync()
-            syncing, covers = self._syncing
+            if self._syncing is None or self._syncing.done():
+                self._syncing = asyncio.ensure_future(self._sync())
             try:
                 # shielded: a waiter cancelled does not cancel the sync of the others
-                await asyncio.shield(syncing)
+                covers = await asyncio.shield(self._syncing)
             except OSError as exc:
                 raise TransientError(f"store not synced to disk: {exc!r}") from exc
             self._synced = max(self._synced, covers)
 
-    def _start_sync(self) -> tuple[asyncio.Future[None], int]:
-        """One fsync of the WAL for every commit made so far (group sync)."""
-        syncing = asyncio.get_running_loop().run_in_executor(
-            self._syncer, self._fsync_wal
-        )
-        return syncing, self._commits
+    async def _sync(self) -> int:
+        """One fsync of the WAL for every commit made until it starts (group sync).
+
+        At most one every ``SYNC_EVERY_S``: at a few events a second each commit would
+        have a sync of its own, a hand-over to the thread and a flush of the disk (shared
+        with the broker's) per event, where waiting a little covers several; only acks wait.
+        """
+        pause = self._sync_started + SYNC_EVERY_S - time.monotonic()
+        if pause > 0:
+            await asyncio.sleep(pause)
+        self._sync_started = time.monotonic()
+        covers = self._commits
+        await asyncio.get_running_loop().run_in_executor(self._syncer, self._fsync_wal)
+        return covers
 
     def _fsync_wal(self) -> None:
         """Flush the WAL file to disk, and its directory entry when the file is new."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ import sqlalchemy as sa
 
 from dlaas import durability
 from dlaas.contracts import Notification
-from dlaas.db import LoopSqlite
+from dlaas.db import SYNC_EVERY_S, LoopSqlite
 from dlaas.errors import TransientError
 from dlaas.grouping import GroupRunner
 from dlaas_notifier.store import Store as NotifierStore
@@ -259,6 +260,43 @@ async def test_a_commit_acts_at_once_and_reaches_the_disk_before_the_ack(
         synced = len(fsyncs)
         await local.durable()  # the next sync covers the write the failed one did not
         assert len(fsyncs) == synced + 1
+    finally:
+        local.close()
+
+
+async def test_syncs_of_the_wal_are_paced_so_that_one_covers_commits_made_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commits a few milliseconds apart (a quiet stream of events) share a sync."""
+    local = LoopSqlite(f"sqlite+aiosqlite:///{tmp_path / 'paced.db'}")
+    started: list[float] = []
+    real = local._fsync_wal
+
+    def timed() -> None:
+        started.append(time.monotonic())
+        real()
+
+    monkeypatch.setattr(local, "_fsync_wal", timed)
+
+    def add(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS t (n INTEGER)")
+        conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+
+    async def event() -> None:  # a handler: commits, acts, then waits for the disk
+        with durability.deferred() as syncs:
+            await local.run(add)
+            await local.durable()
+        await durability.settle(syncs)
+
+    try:
+        await event()  # the first sync starts at once
+        waiting = []
+        for _ in range(5):  # 5 events 5 ms apart, each waiting for its own ack
+            waiting.append(asyncio.ensure_future(event()))
+            await asyncio.sleep(0.005)
+        await asyncio.gather(*waiting)
+        assert len(started) == 2  # one sync for the five, not five
+        assert started[1] - started[0] >= SYNC_EVERY_S * 0.99
     finally:
         local.close()
 
