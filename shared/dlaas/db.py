@@ -49,6 +49,9 @@ BUSY_TIMEOUT_S = 60  # a writer waits this long for another's lock, then fails
 CHECKPOINT_EVERY = 200  # commits of a LoopSqlite between two checkpoints of its WAL
 # the shortest time between the starts of two syncs of a LoopSqlite's WAL: holds acks only
 SYNC_EVERY_S = 0.05
+# ...unless this many handlers wait for it: at a high rate a sync covers many anyway, and
+# acks held back longer would fill the consumers' prefetch (a cap on throughput)
+SYNC_NOW_WAITING = 10
 _MEMORY = ("sqlite+aiosqlite://", "sqlite+aiosqlite:///:memory:")
 
 
@@ -82,6 +85,11 @@ def _loop_pragmas(connection: Any, _: object) -> None:  # noqa: ANN401  (DB-API 
     cursor.close()
 
 
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 def _wrote(conn: sa.Connection) -> bool:
     """Whether SQLite has a write transaction open (reads alone never open one)."""
     return bool(conn.connection.dbapi_connection.in_transaction)  # type: ignore[union-attr]
@@ -104,6 +112,8 @@ class LoopSqlite:
         # the WAL's sync in flight (or waiting for its turn): how many commits it covers
         self._syncing: asyncio.Future[int] | None = None
         self._sync_started = 0.0  # monotonic
+        self._waiting = 0  # handlers waiting for a sync (their acks held)
+        self._hurry: asyncio.Future[None] | None = None  # ends a paced sync's pause
         self._dir_synced_for: int | None = None  # the WAL file whose entry is on disk
         self._checkpoint: Future[None] | None = None
 
@@ -137,15 +147,22 @@ class LoopSqlite:
             await sync()
 
     async def _synced_up_to(self, commits: int) -> None:
-        while self._synced < commits:
-            if self._syncing is None or self._syncing.done():
-                self._syncing = asyncio.ensure_future(self._sync())
-            try:
-                # shielded: a waiter cancelled does not cancel the sync of the others
-                covers = await asyncio.shield(self._syncing)
-            except OSError as exc:
-                raise TransientError(f"store not synced to disk: {exc!r}") from exc
-            self._synced = max(self._synced, covers)
+        self._waiting += 1
+        hurry = self._hurry
+        if self._waiting >= SYNC_NOW_WAITING and hurry is not None and not hurry.done():
+            hurry.set_result(None)
+        try:
+            while self._synced < commits:
+                if self._syncing is None or self._syncing.done():
+                    self._syncing = asyncio.ensure_future(self._sync())
+                try:
+                    # shielded: a waiter cancelled does not cancel the sync of the others
+                    covers = await asyncio.shield(self._syncing)
+                except OSError as exc:
+                    raise TransientError(f"store not synced to disk: {exc!r}") from exc
+                self._synced = max(self._synced, covers)
+        finally:
+            self._waiting -= 1
 
     async def _sync(self) -> int:
         """One fsync of the WAL for every commit made until it starts (group sync).
@@ -153,10 +170,18 @@ class LoopSqlite:
         At most one every ``SYNC_EVERY_S``: at a few events a second each commit would
         have a sync of its own, a hand-over to the thread and a flush of the disk (shared
         with the broker's) per event, where waiting a little covers several; only acks wait.
+        Once ``SYNC_NOW_WAITING`` handlers wait, it starts at once.
         """
         pause = self._sync_started + SYNC_EVERY_S - time.monotonic()
-        if pause > 0:
-            await asyncio.sleep(pause)
+        if pause > 0 and self._waiting < SYNC_NOW_WAITING:
+            loop = asyncio.get_running_loop()
+            self._hurry = hurry = loop.create_future()
+            timer = loop.call_later(pause, _resolve, hurry)
+            try:
+                await hurry
+            finally:
+                timer.cancel()
+                self._hurry = None
         self._sync_started = time.monotonic()
         covers = self._commits
         await asyncio.get_running_loop().run_in_executor(self._syncer, self._fsync_wal)

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from dlaas import durability
 from dlaas.contracts import Notification
-from dlaas.db import SYNC_EVERY_S, LoopSqlite
+from dlaas.db import SYNC_EVERY_S, SYNC_NOW_WAITING, LoopSqlite
 from dlaas.errors import TransientError
 from dlaas.grouping import GroupRunner
 from dlaas_notifier.store import Store as NotifierStore
@@ -297,6 +297,42 @@ async def test_syncs_of_the_wal_are_paced_so_that_one_covers_commits_made_meanwh
         await asyncio.gather(*waiting)
         assert len(started) == 2  # one sync for the five, not five
         assert started[1] - started[0] >= SYNC_EVERY_S * 0.99
+    finally:
+        local.close()
+
+
+async def test_a_paced_sync_starts_at_once_when_many_acks_wait_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At a high rate the pause would only hold acks back (and fill the prefetch)."""
+    local = LoopSqlite(f"sqlite+aiosqlite:///{tmp_path / 'hurried.db'}")
+    started: list[float] = []
+    real = local._fsync_wal
+
+    def timed() -> None:
+        started.append(time.monotonic())
+        real()
+
+    monkeypatch.setattr(local, "_fsync_wal", timed)
+
+    def add(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS t (n INTEGER)")
+        conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+
+    async def event() -> None:
+        with durability.deferred() as syncs:
+            await local.run(add)
+            await local.durable()
+        await durability.settle(syncs)
+
+    try:
+        await event()
+        before = time.monotonic()
+        await asyncio.gather(*(event() for _ in range(SYNC_NOW_WAITING)))
+        assert len(started) == 2  # one sync for all of them...
+        assert started[1] - before < SYNC_EVERY_S / 2  # ...without the pause
+        await asyncio.gather(*(event() for _ in range(SYNC_NOW_WAITING - 1)))
+        assert started[2] - started[1] >= SYNC_EVERY_S * 0.99  # fewer: paced
     finally:
         local.close()
 
