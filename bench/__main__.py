@@ -57,6 +57,17 @@ FULL = Sizes(
     backlog_files=1_000_000,
     e2e_files=10_000,
 )
+# the tiniest sizes that still run every step: a check that the command works, no figures
+SMOKE = Sizes(
+    files=200,
+    runs=1,
+    hop_messages=200,
+    latency_files=100,
+    store_files=1_000,
+    lookups=100,
+    backlog_files=1_000,
+    e2e_files=10,
+)
 
 
 @dataclass(frozen=True)
@@ -247,6 +258,9 @@ def main() -> None:
     """Parse arguments and run the benchmarks."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--full", action="store_true", help="full sizes (slow)")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny sizes: checks that it runs, no figures"
+    )
     parser.add_argument("--only", default=",".join(SECTIONS), help="sections to run")
     parser.add_argument(
         "--profile", type=Path, help="py-spy every service into this folder"
@@ -294,7 +308,7 @@ def main() -> None:
         "saturation, e.g. 20,100 (20/s: the hops' own cost on an idle machine)",
     )
     args = parser.parse_args()
-    sizes = FULL if args.full else SMALL
+    sizes = FULL if args.full else SMOKE if args.smoke else SMALL
     if args.runs:
         sizes = dataclasses.replace(sizes, runs=args.runs)
     if args.backlog:
