@@ -139,15 +139,32 @@ def stop_all(children: Iterable[Child], *, grace: float = 10.0) -> None:
 def hold_lock(path: Path, *, what: str) -> IO[str]:
     """Take an exclusive lock on path without waiting; keep the returned file open to hold it.
 
-    The kernel releases it when the file is closed or the process dies.
+    The kernel releases it when the file is closed or the process dies; :func:`release_lock`
+    also removes the file. A lock taken on a file removed meanwhile is taken again on the
+    path's new file, so two holders never hold two files of one path.
     """
-    handle = path.open("w")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise RuntimeError(f"{what} is in use by another process (lock {path})") from None
-    return handle
+    while True:
+        handle = path.open("w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise RuntimeError(
+                f"{what} is in use by another process (lock {path})"
+            ) from None
+        try:
+            if path.stat().st_ino == os.fstat(handle.fileno()).st_ino:
+                return handle
+        except FileNotFoundError:
+            pass
+        handle.close()  # its holder released it (and removed it) as we opened it
+
+
+def release_lock(handle: IO[str], path: Path) -> None:
+    """Remove the lock's file, then release it (what hold_lock took)."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    handle.close()
 
 
 def ensure_venv(venv: Path, packages: Sequence[str]) -> None:

@@ -145,6 +145,9 @@ class RucioStack:
         self._log_paths: dict[str, Path] = {}  # kept after stop(), for post-mortems
         self._lock = threading.Lock()
         self._db_lock: IO[str] | None = None
+        self._db_lock_path = (
+            Path(tempfile.gettempdir()) / f"dlaas-rucio-db-{self.settings.db_name}.lock"
+        )
 
     # -- paths and addresses -------------------------------------------------------
     @property
@@ -231,8 +234,7 @@ class RucioStack:
     def _start(self) -> None:
         # Two live stacks on one database would run each other's transfers and messages.
         self._db_lock = _proc.hold_lock(
-            Path(tempfile.gettempdir()) / f"dlaas-rucio-db-{self.settings.db_name}.lock",
-            what=f"PostgreSQL database {self.settings.db_name}",
+            self._db_lock_path, what=f"PostgreSQL database {self.settings.db_name}"
         )
         _proc.ensure_venv(self.settings.rucio_venv, SERVER_PACKAGES)
         self._port, self._memcached_port = _proc.free_port(), _proc.free_port()
@@ -265,7 +267,7 @@ class RucioStack:
             _proc.stop_all(children)
             log.info("rucio_stack_stopped", processes=len(children))
         if db_lock is not None:
-            db_lock.close()
+            _proc.release_lock(db_lock, self._db_lock_path)
 
     def __enter__(self) -> Self:
         self.start()
