@@ -53,6 +53,17 @@ _PERMANENT = frozenset(
 )
 
 
+def _remove_folder(folder: Path, config: str) -> None:
+    """Remove a catalog's folder, and RUCIO_CONFIG if it names the config in it.
+
+    A process's later children (or catalogs) would otherwise be told to read a file that
+    is gone, and rucio-clients refuses to import without it.
+    """
+    shutil.rmtree(folder, ignore_errors=True)
+    if os.environ.get("RUCIO_CONFIG") == config:
+        del os.environ["RUCIO_CONFIG"]
+
+
 def _private_config(settings: RucioSettings, folder: Path) -> Path:
     """A private rucio.cfg: the client reads some keys only from a file."""
     path = folder / "rucio.cfg"
@@ -103,11 +114,11 @@ class RucioCatalog:
     def _make_client(self, account: str) -> Any:
         if self._folder is None:
             folder = self._folder = Path(tempfile.mkdtemp(prefix="dlaas-rucio-"))
-            # gone with the catalog (or at exit); rucio reads its config once per process
-            weakref.finalize(self, shutil.rmtree, folder, ignore_errors=True)
             config = _private_config(self.settings, folder)
             if not Path(os.environ.get("RUCIO_CONFIG") or folder / "none").is_file():
                 os.environ["RUCIO_CONFIG"] = str(config)
+            # gone with the catalog (or at exit); rucio reads its config once per process
+            weakref.finalize(self, _remove_folder, folder, str(config))
         from rucio.client import Client  # noqa: PLC0415  (reads RUCIO_CONFIG at import)
 
         token_dir = self._folder / f"token-{account}"  # one token per account acted as
