@@ -264,6 +264,34 @@ async def test_a_commit_acts_at_once_and_reaches_the_disk_before_the_ack(
         local.close()
 
 
+class _TimedWal:
+    """A LoopSqlite whose syncs are timed, and a handler's commit-then-ack on it."""
+
+    def __init__(self, path: Path, monkeypatch: pytest.MonkeyPatch, pause: float) -> None:
+        monkeypatch.setattr(db, "SYNC_EVERY_S", pause)
+        self.local = LoopSqlite(f"sqlite+aiosqlite:///{path}")
+        self.started: list[float] = []  # when each sync of the WAL began
+        real = self.local._fsync_wal
+
+        def timed() -> None:
+            self.started.append(time.monotonic())
+            real()
+
+        monkeypatch.setattr(self.local, "_fsync_wal", timed)
+
+    async def event(self) -> None:
+        """A handler: commits, acts, then waits for the disk."""
+        with durability.deferred() as syncs:
+            await self.local.run(_add_row)
+            await self.local.durable()
+        await durability.settle(syncs)
+
+
+def _add_row(conn: sa.Connection) -> None:
+    conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS t (n INTEGER)")
+    conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+
+
 async def test_syncs_of_the_wal_are_paced_so_that_one_covers_commits_made_meanwhile(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -271,38 +299,18 @@ async def test_syncs_of_the_wal_are_paced_so_that_one_covers_commits_made_meanwh
     # longer than SYNC_EVERY_S: the first sync's thread may start late on a busy machine,
     # which makes the two starts seem closer than the pause; a margin absorbs it
     pause = 0.2
-    monkeypatch.setattr(db, "SYNC_EVERY_S", pause)
-    local = LoopSqlite(f"sqlite+aiosqlite:///{tmp_path / 'paced.db'}")
-    started: list[float] = []
-    real = local._fsync_wal
-
-    def timed() -> None:
-        started.append(time.monotonic())
-        real()
-
-    monkeypatch.setattr(local, "_fsync_wal", timed)
-
-    def add(conn: sa.Connection) -> None:
-        conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS t (n INTEGER)")
-        conn.exec_driver_sql("INSERT INTO t VALUES (1)")
-
-    async def event() -> None:  # a handler: commits, acts, then waits for the disk
-        with durability.deferred() as syncs:
-            await local.run(add)
-            await local.durable()
-        await durability.settle(syncs)
-
+    wal = _TimedWal(tmp_path / "paced.db", monkeypatch, pause)
     try:
-        await event()  # the first sync starts at once
+        await wal.event()  # the first sync starts at once
         waiting = []
         for _ in range(5):  # 5 events 5 ms apart, each waiting for its own ack
-            waiting.append(asyncio.ensure_future(event()))
+            waiting.append(asyncio.ensure_future(wal.event()))
             await asyncio.sleep(0.005)
         await asyncio.gather(*waiting)
-        assert len(started) == 2  # one sync for the five, not five
-        assert started[1] - started[0] >= pause * 0.75
+        assert len(wal.started) == 2  # one sync for the five, not five
+        assert wal.started[1] - wal.started[0] >= pause * 0.75
     finally:
-        local.close()
+        wal.local.close()
 
 
 async def test_a_paced_sync_starts_at_once_when_many_acks_wait_for_it(
@@ -310,36 +318,16 @@ async def test_a_paced_sync_starts_at_once_when_many_acks_wait_for_it(
 ) -> None:
     """At a high rate the pause would only hold acks back (and fill the prefetch)."""
     pause = 1.0  # long, so that "at once" and "paced" differ by far more than any hiccup
-    monkeypatch.setattr(db, "SYNC_EVERY_S", pause)
-    local = LoopSqlite(f"sqlite+aiosqlite:///{tmp_path / 'hurried.db'}")
-    started: list[float] = []
-    real = local._fsync_wal
-
-    def timed() -> None:
-        started.append(time.monotonic())
-        real()
-
-    monkeypatch.setattr(local, "_fsync_wal", timed)
-
-    def add(conn: sa.Connection) -> None:
-        conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS t (n INTEGER)")
-        conn.exec_driver_sql("INSERT INTO t VALUES (1)")
-
-    async def event() -> None:
-        with durability.deferred() as syncs:
-            await local.run(add)
-            await local.durable()
-        await durability.settle(syncs)
-
+    wal = _TimedWal(tmp_path / "hurried.db", monkeypatch, pause)
     try:
-        await event()
-        await asyncio.gather(*(event() for _ in range(SYNC_NOW_WAITING)))
-        assert len(started) == 2  # one sync for all of them...
-        assert started[1] - started[0] < pause / 2  # ...without the pause
-        await asyncio.gather(*(event() for _ in range(SYNC_NOW_WAITING - 1)))
-        assert started[2] - started[1] >= pause * 0.9  # fewer: paced
+        await wal.event()
+        await asyncio.gather(*(wal.event() for _ in range(SYNC_NOW_WAITING)))
+        assert len(wal.started) == 2  # one sync for all of them...
+        assert wal.started[1] - wal.started[0] < pause / 2  # ...without the pause
+        await asyncio.gather(*(wal.event() for _ in range(SYNC_NOW_WAITING - 1)))
+        assert wal.started[2] - wal.started[1] >= pause * 0.9  # fewer: paced
     finally:
-        local.close()
+        wal.local.close()
 
 
 async def test_a_handler_whose_writes_cannot_reach_the_disk_is_not_acked() -> None:
